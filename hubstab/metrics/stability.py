@@ -1,0 +1,719 @@
+"""Functional core of D_f, G_f and R_f (Petrini et al., NeurIPS 2021).
+
+Three layers, each usable alone:
+
+* :func:`batch_stats` perturbs one batch of probe images and returns per-image statistics for every
+  representation the forward function exposes (the output, and layers when asked).
+* :class:`StabilityStats` holds those statistics; batches, processes and resumed runs merge with
+  :meth:`StabilityStats.cat`.
+* :func:`reduce_stats` turns merged statistics into D, G, R and a bootstrap interval per temperature.
+
+:func:`relative_stability` runs the three on an in-memory tensor of images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from hubstab.metrics.result import StabilityPoint, StabilityResult
+from hubstab.perturbations.diffeo import (
+    INTERPOLATIONS,
+    apply_coefficients,
+    effective_side,
+    sample_coefficients,
+    temperature_for_displacement,
+    typical_displacement,
+)
+from hubstab.perturbations.noise import matched_noise
+
+Estimator = Literal["mean", "median"]
+ESTIMATORS: tuple[str, ...] = ("mean", "median")
+OUTPUT = "output"
+"""Name of the network's output (logits) among the representations."""
+MEDIAN_PAIR_LIMIT = 3000
+"""Above this many images the median denominator uses a seeded sample of 2,000,000 pairs instead of all."""
+
+Forward = Callable[[torch.Tensor], "torch.Tensor | Mapping[str, torch.Tensor]"]
+
+
+def as_logits(output: Any) -> torch.Tensor:
+    """The logits of a model output: a tensor, an object with ``.logits``, a mapping or the first of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def _representations(output: Any) -> dict[str, torch.Tensor]:
+    if isinstance(output, Mapping) and OUTPUT in output:
+        reps = dict(output)
+        reps[OUTPUT] = as_logits(reps[OUTPUT])
+        return reps
+    return {OUTPUT: as_logits(output)}
+
+
+@dataclass
+class StabilityStats:
+    """Per-image statistics of a set of probe images, for every representation (output, layers).
+
+    Attributes:
+        temperatures: the temperatures measured, in order (index t below).
+        indices: (P,) global indices of the probe images.
+        diffeo_sq: name -> (T, P) ||h(tau x) - h(x)||^2, averaged over the draws of each image.
+        noise_sq: name -> (T, P) ||h(x + eta) - h(x)||^2, averaged likewise.
+        clean_sq: name -> (P,) ||h(x)||^2.
+        clean_sum: name -> (D,) sum over images of h(x) (float64), with ``clean_sq`` gives the mean pair distance.
+        outputs: (P, K) clean logits (float32).
+        labels: (P,) labels (-1: unknown) or None.
+        diffeo_components, noise_components: (T, P, K) per-logit squared changes, kept for the median estimator.
+    """
+
+    temperatures: list[float]
+    indices: torch.Tensor
+    diffeo_sq: dict[str, torch.Tensor]
+    noise_sq: dict[str, torch.Tensor]
+    clean_sq: dict[str, torch.Tensor]
+    clean_sum: dict[str, torch.Tensor]
+    outputs: torch.Tensor
+    labels: torch.Tensor | None = None
+    diffeo_components: torch.Tensor | None = None
+    noise_components: torch.Tensor | None = None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.indices.numel())
+
+    PER_SAMPLE_FIELDS = ("diffeo_sq", "noise_sq", "clean_sq")
+
+    def to(self, device: torch.device | str) -> StabilityStats:
+        def mv(v):
+            if isinstance(v, dict):
+                return {k: t.to(device) for k, t in v.items()}
+            return v.to(device) if isinstance(v, torch.Tensor) else v
+
+        return StabilityStats(**{k: mv(getattr(self, k)) for k in self.__dataclass_fields__})
+
+    @staticmethod
+    def cat(parts: Sequence[StabilityStats]) -> StabilityStats:
+        """Merge statistics of disjoint sets of images (batches, processes, resumed runs), sorted by index."""
+        parts = [p for p in parts if p.num_images > 0] or list(parts[:1])
+        if not parts:
+            raise ValueError("no statistics to merge")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.temperatures != first.temperatures or set(p.diffeo_sq) != set(first.diffeo_sq):
+                raise ValueError("cannot merge statistics measured with different temperatures or layers")
+        indices = torch.cat([p.indices for p in parts])
+        order = torch.argsort(indices)
+        if torch.unique(indices).numel() != indices.numel():
+            raise ValueError("the same probe image appears twice in the statistics being merged")
+
+        def per_sample(name: str, axis: int) -> dict[str, torch.Tensor]:
+            return {
+                k: torch.cat([getattr(p, name)[k] for p in parts], dim=axis).index_select(axis, order)
+                for k in getattr(first, name)
+            }
+
+        def optional(name: str, axis: int) -> torch.Tensor | None:
+            if getattr(first, name) is None:
+                return None
+            return torch.cat([getattr(p, name) for p in parts], dim=axis).index_select(axis, order)
+
+        return StabilityStats(
+            temperatures=list(first.temperatures),
+            indices=indices[order],
+            diffeo_sq=per_sample("diffeo_sq", 1),
+            noise_sq=per_sample("noise_sq", 1),
+            clean_sq=per_sample("clean_sq", 0),
+            clean_sum={k: sum(p.clean_sum[k] for p in parts) for k in first.clean_sum},
+            outputs=optional("outputs", 0),
+            labels=optional("labels", 0),
+            diffeo_components=optional("diffeo_components", 1),
+            noise_components=optional("noise_components", 1),
+        )
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Flat name -> tensor dict (for safetensors checkpoints); inverse of :meth:`from_tensors`."""
+        out: dict[str, torch.Tensor] = {
+            "temperatures": torch.tensor(self.temperatures, dtype=torch.float64),
+            "indices": self.indices,
+            "outputs": self.outputs,
+        }
+        for name in ("diffeo_sq", "noise_sq", "clean_sq", "clean_sum"):
+            for k, v in getattr(self, name).items():
+                out[f"{name}/{k}"] = v
+        for name in ("labels", "diffeo_components", "noise_components"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> StabilityStats:
+        groups: dict[str, dict[str, torch.Tensor]] = {
+            n: {} for n in ("diffeo_sq", "noise_sq", "clean_sq", "clean_sum")
+        }
+        for key, v in tensors.items():
+            head, _, rest = key.partition("/")
+            if rest and head in groups:
+                groups[head][rest] = v
+        return cls(
+            temperatures=[float(t) for t in tensors["temperatures"].tolist()],
+            indices=tensors["indices"],
+            outputs=tensors["outputs"],
+            labels=tensors.get("labels"),
+            diffeo_components=tensors.get("diffeo_components"),
+            noise_components=tensors.get("noise_components"),
+            **groups,
+        )
+
+
+def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, x.shape[0], size):
+        yield x[start : start + size]
+
+
+def _forward(
+    forward: Forward,
+    inputs: torch.Tensor,
+    max_batch: int,
+    normalize: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, torch.Tensor]:
+    """Forward ``inputs`` in chunks of at most ``max_batch``; representations flattened to (N, D) float32."""
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for chunk in _chunks(inputs, max_batch):
+        if normalize is not None:
+            chunk = (chunk - normalize[0]) / normalize[1]
+        for name, rep in _representations(forward(chunk)).items():
+            pieces.setdefault(name, []).append(rep.reshape(rep.shape[0], -1).float())
+    return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
+
+
+@torch.no_grad()
+def batch_stats(
+    forward: Forward,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    temperatures: Sequence[float],
+    *,
+    labels: torch.Tensor | None = None,
+    cut: int = 3,
+    interp: str = "linear",
+    seed: int = 0,
+    repeats: int = 1,
+    keep_components: bool = False,
+    max_forward_batch: int | None = None,
+    normalize: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fuse: bool = True,
+) -> StabilityStats:
+    """Perturb a batch of probe images and measure how every representation moves.
+
+    For each temperature and draw, every image gets its own diffeomorphism and its own Gaussian noise of the
+    same L2 norm as ``tau x - x``, both pure functions of ``(seed, global index)``. Fields and noise
+    directions are shared across temperatures (they scale with T), which makes sweeps smooth.
+
+    Args:
+        forward: maps a float batch (already normalised if ``normalize`` is given) to logits, a model output
+            with logits, or a dict of representations with the logits under ``"output"``.
+        images: (B, C, H, W) images in the space perturbations act in (model input in [0, 1]).
+        indices: (B,) global indices of the images in the probe set.
+        temperatures: temperatures to measure; the clean pass is shared by all of them.
+        labels: optional (B,) labels, kept for the test error.
+        cut, interp, seed, repeats: perturbation settings (``repeats`` draws per image and temperature).
+        keep_components: keep per-logit squared changes (needed by the median estimator).
+        max_forward_batch: largest batch given to ``forward`` (default: everything at once).
+        normalize: optional (mean, std) tensors broadcastable to the images, applied after perturbing.
+        fuse: forward clean, deformed and noisy inputs together where they fit in one batch.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if interp not in INTERPOLATIONS:
+        raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {interp!r}")
+    b = images.shape[0]
+    indices = torch.as_tensor(indices, device=images.device).to(torch.int64)
+    max_batch = max_forward_batch or 3 * b
+    clean: dict[str, torch.Tensor] | None = None
+    names: list[str] = []
+    diffeo_sq: dict[str, torch.Tensor] = {}
+    noise_sq: dict[str, torch.Tensor] = {}
+    comps_d = comps_n = None
+    n_t = len(temperatures)
+
+    def run(groups: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        if fuse:
+            reps = _forward(forward, torch.cat(groups), max_batch, normalize)
+            return [{k: v[i * b : (i + 1) * b] for k, v in reps.items()} for i in range(len(groups))]
+        return [_forward(forward, g, max_batch, normalize) for g in groups]
+
+    for t, temperature in enumerate(temperatures):
+        for r in range(repeats):
+            coefficients = sample_coefficients(
+                float(temperature), cut, indices=indices, seed=seed, stream=f"diffeo/{r}"
+            )
+            deformed = apply_coefficients(images, coefficients, cut, interp)
+            noisy = images + matched_noise(images, deformed, indices=indices, seed=seed, stream=f"noise/{r}")
+            if clean is None:
+                clean, out_d, out_n = run([images, deformed, noisy])
+                names = list(clean)
+                diffeo_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
+                noise_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
+                if keep_components:
+                    k_out = clean[OUTPUT].shape[1]
+                    comps_d = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
+                    comps_n = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
+            else:
+                out_d, out_n = run([deformed, noisy])
+            for k in names:
+                diffeo_sq[k][t] += (out_d[k] - clean[k]).pow(2).sum(1).double() / repeats
+                noise_sq[k][t] += (out_n[k] - clean[k]).pow(2).sum(1).double() / repeats
+            if keep_components:
+                comps_d[t] += (out_d[OUTPUT] - clean[OUTPUT]).pow(2) / repeats
+                comps_n[t] += (out_n[OUTPUT] - clean[OUTPUT]).pow(2) / repeats
+    if clean is None:
+        raise ValueError("temperatures must not be empty")
+    return StabilityStats(
+        temperatures=[float(t) for t in temperatures],
+        indices=indices,
+        diffeo_sq=diffeo_sq,
+        noise_sq=noise_sq,
+        clean_sq={k: v.double().pow(2).sum(1) for k, v in clean.items()},
+        clean_sum={k: v.double().sum(0) for k, v in clean.items()},
+        outputs=clean[OUTPUT].float(),
+        labels=None if labels is None else torch.as_tensor(labels, device=images.device).to(torch.int64),
+        diffeo_components=comps_d,
+        noise_components=comps_n,
+    )
+
+
+def mean_pair_distance(clean_sq: torch.Tensor, clean_sum: torch.Tensor) -> float:
+    """< ||h(x) - h(z)||^2 > over all ordered pairs of distinct images, from sum ||h||^2 and sum h.
+
+    Equals 2 / (P - 1) * sum_i ||h_i - mean h||^2.
+    """
+    p = clean_sq.numel()
+    if p < 2:
+        return float("nan")
+    total = clean_sq.double().sum() - clean_sum.double().pow(2).sum() / p
+    return float(2.0 * total / (p - 1))
+
+
+def median_pair_distance(outputs: torch.Tensor, seed: int = 0) -> float:
+    """Median of ||f(x) - f(z)||^2 over pairs of distinct images (a seeded sample of pairs above 3,000 images)."""
+    p = outputs.shape[0]
+    if p < 2:
+        return float("nan")
+    out = outputs.double()
+    if p <= MEDIAN_PAIR_LIMIT:
+        i, j = torch.triu_indices(p, p, offset=1, device=out.device)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        i = torch.randint(p, (2_000_000,), generator=gen)
+        j = (i + torch.randint(1, p, (2_000_000,), generator=gen)) % p
+        i, j = i.to(out.device), j.to(out.device)
+    dist = torch.cat(
+        [(out[a] - out[c]).pow(2).sum(1) for a, c in zip(i.split(1 << 20), j.split(1 << 20), strict=True)]
+    )
+    return float(dist.median())
+
+
+def _bootstrap_indices(p: int, n_boot: int, seed: int) -> Iterator[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    per_chunk = max(1, (1 << 22) // max(p, 1))
+    done = 0
+    while done < n_boot:
+        n = min(per_chunk, n_boot - done)
+        yield torch.randint(p, (n, p), generator=gen)
+        done += n
+
+
+def _interval(samples: torch.Tensor, confidence: float) -> tuple[float, float]:
+    samples = samples[torch.isfinite(samples)]
+    if samples.numel() == 0:
+        return (float("nan"), float("nan"))
+    alpha = (1.0 - confidence) / 2.0
+    q = torch.quantile(samples.double(), torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64))
+    return (float(q[0]), float(q[1]))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def reduce_stats(
+    stats: StabilityStats,
+    *,
+    estimator: Estimator = "mean",
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    representation: str = OUTPUT,
+) -> list[dict[str, float | tuple[float, float]]]:
+    """D, G, R and the bootstrap interval of R for one representation, one dict per temperature.
+
+    ``mean``: D = <||h(tau x) - h(x)||^2> / <||h(x) - h(z)||^2>, averages over images and over distinct pairs.
+    ``median`` (paper's first code; output only): per-logit medians over images, summed, over the median of
+    ||f(x) - f(z)||^2 over pairs. The interval resamples probe images with replacement ``bootstrap`` times.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    p = stats.num_images
+    d_all = stats.diffeo_sq[representation].double().cpu()
+    g_all = stats.noise_sq[representation].double().cpu()
+    if estimator == "mean":
+        denominator = mean_pair_distance(
+            stats.clean_sq[representation].cpu(), stats.clean_sum[representation].cpu()
+        )
+    else:
+        if representation != OUTPUT or stats.diffeo_components is None:
+            raise ValueError(
+                "the median estimator needs per-logit values: it is available on the output only"
+            )
+        denominator = median_pair_distance(stats.outputs.cpu(), seed=seed)
+    points = []
+    for t in range(len(stats.temperatures)):
+        if estimator == "mean":
+            d_num, g_num = float(d_all[t].mean()), float(g_all[t].mean())
+            boot = []
+            for idx in _bootstrap_indices(p, bootstrap, seed):
+                boot.append(d_all[t][idx].sum(1) / g_all[t][idx].sum(1))
+        else:
+            comp_d = stats.diffeo_components[t].double().cpu()
+            comp_n = stats.noise_components[t].double().cpu()
+            d_num = float(comp_d.median(0).values.sum())
+            g_num = float(comp_n.median(0).values.sum())
+            boot = []
+            for idx in _bootstrap_indices(p, bootstrap, seed):
+                for row in idx.split(max(1, (1 << 24) // max(comp_d.numel(), 1))):
+                    boot.append(comp_d[row].median(1).values.sum(1) / comp_n[row].median(1).values.sum(1))
+        samples = torch.cat(boot) if boot else torch.empty(0)
+        points.append(
+            {
+                "temperature": stats.temperatures[t],
+                "diffeo_stability": _ratio(d_num, denominator),
+                "noise_stability": _ratio(g_num, denominator),
+                "relative_stability": _ratio(d_num, g_num),
+                "relative_stability_ci": _interval(samples, confidence)
+                if bootstrap > 0
+                else (math.nan, math.nan),
+            }
+        )
+    return points
+
+
+def test_error(stats: StabilityStats) -> tuple[float | None, int]:
+    """Top-1 error of the clean logits on the images with a known label (>= 0), and how many there were."""
+    if stats.labels is None:
+        return None, 0
+    known = stats.labels >= 0
+    n = int(known.sum())
+    if n == 0:
+        return None, 0
+    wrong = stats.outputs[known].argmax(1).cpu() != stats.labels[known].cpu()
+    return float(wrong.double().mean()), n
+
+
+def protocol_temperature(
+    height: int, width: int, cut: int, *, delta: float | None, temperature: float | None
+) -> tuple[float, float]:
+    """(T, delta) of the protocol: from ``temperature`` if given, else from ``delta`` pixels."""
+    n = effective_side(height, width)
+    if temperature is not None:
+        if delta is not None and not math.isclose(temperature_for_displacement(delta, cut, n), temperature):
+            raise ValueError("give either delta or temperature, not both")
+        return float(temperature), typical_displacement(temperature, cut, n)
+    if delta is None:
+        raise ValueError("give delta (pixels) or temperature")
+    return temperature_for_displacement(delta, cut, n), float(delta)
+
+
+def settings_dict(
+    *,
+    temperature: float,
+    delta: float,
+    cut: int,
+    interp: str,
+    estimator: str,
+    seed: int,
+    repeats: int,
+    image_size: tuple[int, int],
+    num_images: int,
+    bootstrap: int,
+    confidence: float,
+    batchnorm: str,
+    amp_dtype: torch.dtype | None,
+) -> dict[str, Any]:
+    """Every setting that produced a result, in the form results files record."""
+    from hubstab import __version__
+
+    height, width = image_size
+    return {
+        "temperature": float(temperature),
+        "delta": float(delta),
+        "cut": int(cut),
+        "interp": interp,
+        "estimator": estimator,
+        "seed": int(seed),
+        "repeats": int(repeats),
+        "image_size": [int(height), int(width)],
+        "effective_side": effective_side(height, width),
+        "num_images": int(num_images),
+        "bootstrap": int(bootstrap),
+        "confidence": float(confidence),
+        "batchnorm": batchnorm,
+        "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        "noise": "gaussian, L2 norm matched to tau x - x per image, not clipped",
+        "perturbation_space": "model input in [0, 1] after resize/crop, before mean/std normalisation",
+        "field_scaling": "dx = W * u, dy = H * v; delta <-> T on n = sqrt((H^2 + W^2) / 2)",
+        "random_numbers": "counter-based, keyed by (seed, global image index); shared across temperatures",
+        "denominator": "mean over distinct ordered pairs" if estimator == "mean" else "median over pairs",
+        "hubstab_version": __version__,
+    }
+
+
+def build_result(
+    stats: StabilityStats,
+    settings: dict[str, Any],
+    *,
+    headline_temperature: float,
+    include_per_sample: bool = False,
+) -> StabilityResult:
+    """Reduce merged statistics into a :class:`StabilityResult` (headline at ``headline_temperature``)."""
+    kw = dict(
+        estimator=settings["estimator"],
+        bootstrap=settings["bootstrap"],
+        confidence=settings["confidence"],
+        seed=settings["seed"],
+    )
+    points = reduce_stats(stats, **kw)
+    side = settings["effective_side"]
+    cut = settings["cut"]
+    sweep = [
+        StabilityPoint(
+            temperature=pt["temperature"],
+            delta=typical_displacement(pt["temperature"], cut, side) if cut >= 2 else math.nan,
+            relative_stability=pt["relative_stability"],
+            diffeo_stability=pt["diffeo_stability"],
+            noise_stability=pt["noise_stability"],
+            relative_stability_ci=tuple(pt["relative_stability_ci"]),
+        )
+        for pt in points
+    ]
+    head = min(range(len(sweep)), key=lambda i: abs(sweep[i].temperature - headline_temperature))
+    error, n_err = test_error(stats)
+    notes = []
+    if stats.labels is not None and error is None:
+        notes.append("no test error: none of the probe images has a label in the model's label space")
+    layers = {}
+    for name in stats.diffeo_sq:
+        if name == OUTPUT:
+            continue
+        layer_points = reduce_stats(stats, **{**kw, "estimator": "mean"}, representation=name)
+        layers[name] = {
+            "temperatures": [pt["temperature"] for pt in layer_points],
+            "diffeo_stability": [pt["diffeo_stability"] for pt in layer_points],
+            "noise_stability": [pt["noise_stability"] for pt in layer_points],
+            "relative_stability": [pt["relative_stability"] for pt in layer_points],
+            "relative_stability_ci": [list(pt["relative_stability_ci"]) for pt in layer_points],
+        }
+    per_sample = None
+    if include_per_sample:
+        per_sample = {
+            "index": stats.indices.tolist(),
+            "diffeo_sq": stats.diffeo_sq[OUTPUT][head].tolist(),
+            "noise_sq": stats.noise_sq[OUTPUT][head].tolist(),
+        }
+        if stats.labels is not None:
+            per_sample["label"] = stats.labels.tolist()
+            per_sample["prediction"] = stats.outputs.argmax(1).tolist()
+    h = sweep[head]
+    return StabilityResult(
+        relative_stability=h.relative_stability,
+        diffeo_stability=h.diffeo_stability,
+        noise_stability=h.noise_stability,
+        relative_stability_ci=h.relative_stability_ci,
+        test_error=error,
+        num_images=stats.num_images,
+        settings={**settings, "num_error_images": n_err, "temperatures": [p.temperature for p in sweep]},
+        sweep=sweep,
+        layers=layers,
+        notes=notes,
+        per_sample=per_sample,
+    )
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module, batchnorm: str = "eval") -> Iterator[None]:
+    """Put ``model`` in eval mode for the measurement (restored afterwards).
+
+    ``batchnorm="batch"`` keeps BatchNorm layers on batch statistics, as the paper did at initialisation;
+    their running buffers are restored afterwards so the model is left unchanged.
+    """
+    if batchnorm not in ("eval", "batch"):
+        raise ValueError(f"batchnorm must be 'eval' or 'batch', got {batchnorm!r}")
+    was_training = {m: m.training for m in model.modules()}
+    saved = {}
+    model.eval()
+    if batchnorm == "batch":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                saved[m] = {k: v.clone() for k, v in m.named_buffers(recurse=False)}
+    try:
+        yield
+    finally:
+        for m, buffers in saved.items():
+            for k, v in buffers.items():
+                getattr(m, k).copy_(v)
+        for m, flag in was_training.items():
+            m.training = flag
+
+
+def _as_normalize(mean, std, device, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise ValueError("give both mean and std, or neither")
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(-1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(-1)
+    if m.numel() not in (1, channels) or s.numel() not in (1, channels):
+        raise ValueError(f"mean and std need 1 or {channels} values")
+    return m.view(1, -1, 1, 1), s.view(1, -1, 1, 1)
+
+
+def relative_stability(
+    model: nn.Module | Callable[[torch.Tensor], Any],
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int] | None = None,
+    *,
+    delta: float | None = 1.0,
+    temperature: float | None = None,
+    temperatures: Sequence[float] | None = None,
+    cut: int = 3,
+    estimator: Estimator = "mean",
+    seed: int = 0,
+    batch_size: int = 96,
+    interp: str = "linear",
+    repeats: int = 1,
+    mean: Sequence[float] | torch.Tensor | None = None,
+    std: Sequence[float] | torch.Tensor | None = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    batchnorm: str = "eval",
+    amp_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    indices: torch.Tensor | Sequence[int] | None = None,
+    per_sample: bool = False,
+) -> StabilityResult:
+    """Relative stability R_f = D_f / G_f of a model on a tensor of probe images.
+
+    Args:
+        model: maps images in [0, 1] (B, C, H, W) to logits. A network trained on normalised inputs is given
+            with ``mean``/``std`` (normalisation then happens after perturbing), or wrapped beforehand.
+        images: (P, C, H, W) probe images in [0, 1] at the model's input size (P >= 2).
+        labels: optional (P,) class indices for the test error (-1 marks an unknown label).
+        delta: typical displacement in pixels of the protocol temperature (default 1 px).
+        temperature: the protocol temperature T itself, instead of ``delta``.
+        temperatures: further temperatures measured in the same call (a sweep sharing the clean pass);
+            all appear in ``result.sweep``.
+        cut: high-frequency cut-off c of the diffeomorphisms.
+        estimator: ``"mean"`` (default) or the paper's ``"median"``.
+        seed: seed of the per-image fields and noise (the same seed gives the same perturbations).
+        batch_size: largest batch given to the model; clean, deformed and noisy inputs count separately.
+        interp: interpolation of the deformation, ``"linear"``, ``"nearest"`` or ``"gaussian"``.
+        repeats: diffeomorphism and noise draws per image.
+        mean, std: per-channel normalisation applied after perturbing.
+        bootstrap: number of bootstrap resamples of the probe images for the interval of R_f (0: none).
+        confidence: level of that interval.
+        batchnorm: ``"eval"`` (running statistics) or ``"batch"`` (batch statistics, for untrained models).
+        amp_dtype: run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
+        device: where to compute (default: the model's device, else the images').
+        indices: global indices of the images (default 0..P-1); they key the random perturbations.
+        per_sample: keep per-image values in ``result.per_sample``.
+
+    Returns:
+        A :class:`StabilityResult`; ``result.relative_stability`` is R_f.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (P, C, H, W), got {tuple(images.shape)}")
+    p, channels, height, width = images.shape
+    if p < 2:
+        raise ValueError("R_f needs at least 2 probe images (the denominator compares distinct images)")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    if not images.is_floating_point():
+        raise TypeError("images must be a float tensor with values in [0, 1]")
+    if device is None:
+        param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+        device = param.device if param is not None else images.device
+    device = torch.device(device)
+    t0, delta0 = protocol_temperature(
+        height, width, cut, delta=delta if temperature is None else None, temperature=temperature
+    )
+    temps = sorted({t0, *[float(t) for t in (temperatures or [])]})
+    if indices is None:
+        indices = torch.arange(p)
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.shape != (p,):
+            raise ValueError(f"labels must have shape ({p},), got {tuple(labels.shape)}")
+    normalize = _as_normalize(mean, std, device, channels)
+    probe = max(1, batch_size // 3)
+    amp = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    parts = []
+    mode = evaluation_mode(model, batchnorm) if isinstance(model, nn.Module) else contextlib.nullcontext()
+    with mode, amp:
+        for start in range(0, p, probe):
+            sl = slice(start, start + probe)
+            parts.append(
+                batch_stats(
+                    model,
+                    images[sl].to(device),
+                    indices[sl].to(device),
+                    temps,
+                    labels=None if labels is None else labels[sl].to(device),
+                    cut=cut,
+                    interp=interp,
+                    seed=seed,
+                    repeats=repeats,
+                    keep_components=estimator == "median",
+                    max_forward_batch=batch_size,
+                    normalize=normalize,
+                    fuse=batchnorm == "eval",
+                ).to("cpu")
+            )
+    stats = StabilityStats.cat(parts)
+    settings = settings_dict(
+        temperature=t0,
+        delta=delta0,
+        cut=cut,
+        interp=interp,
+        estimator=estimator,
+        seed=seed,
+        repeats=repeats,
+        image_size=(height, width),
+        num_images=p,
+        bootstrap=bootstrap,
+        confidence=confidence,
+        batchnorm=batchnorm,
+        amp_dtype=amp_dtype,
+    )
+    return build_result(stats, settings, headline_temperature=t0, include_per_sample=per_sample)

@@ -1,0 +1,1 @@
+"""Results files: records, validation, reading and writing."""
