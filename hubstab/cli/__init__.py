@@ -1,0 +1,66 @@
+"""The ``hubstab`` command line: one module per subcommand, each exposing ``add_parser`` and ``run``.
+
+A subcommand module ``hubstab/cli/<name>.py`` defines::
+
+    HELP = "one line shown in `hubstab --help`"
+    def add_parser(subparsers) -> argparse.ArgumentParser  # registers its options
+    def run(args: argparse.Namespace) -> int               # exit code
+
+Exit codes: 0 success, 1 the run failed, 2 bad input (unknown model, dataset, option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "plot", "leaderboard", "bench")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+from hubstab.errors import HubstabError as UserError  # noqa: E402  (re-exported for subcommands)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hubstab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hubstab",
+        description="Relative stability of vision models toward diffeomorphisms, R_f = D_f / G_f.",
+    )
+    parser.add_argument("--version", action="version", version=f"hubstab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"hubstab.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"hubstab.cli.{name}":
+                continue
+            raise
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        print(f"hubstab {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"hubstab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
