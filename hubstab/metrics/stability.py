@@ -180,6 +180,12 @@ class StabilityStats:
         )
 
 
+def _stream(kind: str, draw: int) -> str:
+    """Random stream of draw ``draw``: the first draw uses the default streams of ``deform``/``matched_noise``,
+    so ``deform(x, T, cut, indices=i, seed=s)`` replays exactly the field a measurement used."""
+    return kind if draw == 0 else f"{kind}/{draw}"
+
+
 def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
     for start in range(0, x.shape[0], size):
         yield x[start : start + size]
@@ -260,10 +266,10 @@ def batch_stats(
     for t, temperature in enumerate(temperatures):
         for r in range(repeats):
             coefficients = sample_coefficients(
-                float(temperature), cut, indices=indices, seed=seed, stream=f"diffeo/{r}"
+                float(temperature), cut, indices=indices, seed=seed, stream=_stream("diffeo", r)
             )
             deformed = apply_coefficients(images, coefficients, cut, interp)
-            noisy = images + matched_noise(images, deformed, indices=indices, seed=seed, stream=f"noise/{r}")
+            noisy = images + matched_noise(images, deformed, indices=indices, seed=seed, stream=_stream("noise", r))
             if clean is None:
                 clean, out_d, out_n = run([images, deformed, noisy])
                 names = list(clean)
@@ -615,6 +621,7 @@ def relative_stability(
     device: torch.device | str | None = None,
     indices: torch.Tensor | Sequence[int] | None = None,
     per_sample: bool = False,
+    layers: str | Sequence[str] | None = None,
 ) -> StabilityResult:
     """Relative stability R_f = D_f / G_f of a model on a tensor of probe images.
 
@@ -641,6 +648,9 @@ def relative_stability(
         device: where to compute (default: the model's device, else the images').
         indices: global indices of the images (default 0..P-1); they key the random perturbations.
         per_sample: keep per-image values in ``result.per_sample``.
+        layers: also measure D_k, G_k, R_k after these modules of ``model`` (``"blocks"``, ``"all"`` or
+            module names, see :func:`hubstab.metrics.layers.resolve_layers`), each with its own denominator;
+            they appear in ``result.layers`` (mean estimator) in the order given.
 
     Returns:
         A :class:`StabilityResult`; ``result.relative_stability`` is R_f.
@@ -680,12 +690,18 @@ def relative_stability(
     )
     parts = []
     mode = evaluation_mode(model, batchnorm) if isinstance(model, nn.Module) else contextlib.nullcontext()
-    with mode, amp:
+    if layers is not None:
+        from hubstab.metrics.layers import layer_forward
+
+        hooks = layer_forward(model, layers)
+    else:
+        hooks = contextlib.nullcontext(model)
+    with mode, amp, hooks as forward:
         for start in range(0, p, probe):
             sl = slice(start, start + probe)
             parts.append(
                 batch_stats(
-                    model,
+                    forward,
                     images[sl].to(device),
                     indices[sl].to(device),
                     temps,

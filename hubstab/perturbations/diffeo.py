@@ -182,7 +182,8 @@ def apply_displacement(
         )
     if interp not in INTERPOLATIONS:
         raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {interp!r}")
-    src_x, src_y = _source_coordinates(dx.float(), dy.float())
+    coord_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    src_x, src_y = _source_coordinates(dx.to(coord_dtype), dy.to(coord_dtype))
     if interp == "gaussian":
         return _gaussian_remap(images, src_x, src_y)
     grid = torch.stack([src_x * (2.0 / (width - 1)) - 1.0, src_y * (2.0 / (height - 1)) - 1.0], dim=-1)
