@@ -13,6 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+# The hub is never reached from the tests: hub code paths read a temporary cache laid out like the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 FASHION_MNIST = Path(os.environ.get("HUBSTAB_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 
