@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "plot", "leaderboard", "bench")
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args._argv = raw
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return EXIT_USAGE
@@ -58,8 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hubstab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"hubstab {args.command}: interrupted", file=sys.stderr)
+        print(
+            f"hubstab {args.command}: interrupted (finished images are kept; run again to resume)",
+            file=sys.stderr,
+        )
         return 130
+    except Exception as err:
+        if os.environ.get("HUBSTAB_DEBUG"):
+            raise
+        print(
+            f"hubstab {args.command}: failed: {type(err).__name__}: {err} (set HUBSTAB_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,266 @@
+"""``hubstab eval MODEL``: measure R_f = D_f / G_f and the test error, write a results file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from hubstab.errors import HubstabError
+from hubstab.results.io import DEFAULT_RESULTS_DIR
+
+HELP = "measure the relative stability R_f of a model and write a results file"
+
+EPILOG = """examples:
+  hubstab eval facebook/deit-small-patch16-224
+  hubstab eval timm/resnet50.a1_in1k --dataset ./val-images --num-images 1000 --dtype bfloat16
+  hubstab eval ./my-checkpoint --dataset fashion_mnist --split test --delta 1 --cut 3
+  hubstab eval resnet18.a1_in1k --temperatures paper --layers blocks
+  hubstab eval MODEL --num-processes 2        (or: accelerate launch -m hubstab.cli eval MODEL)
+
+exit codes: 0 success, 1 the run failed, 2 bad input (unknown model or dataset, bad option),
+130 interrupted (finished images are kept and the next run resumes)."""
+
+
+def _temperatures(text: str) -> list[float] | str:
+    if text.strip().lower() == "paper":
+        return "paper"
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError("a comma-separated list of temperatures, or 'paper'") from err
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError("an integer or 'auto'") from err
+
+
+def _label_map(text: str) -> dict[int, int]:
+    try:
+        pairs = [p.split(":") for p in text.split(",") if p.strip()]
+        return {int(a): int(b) for a, b in pairs}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            "pairs DATASET_LABEL:MODEL_LABEL separated by commas, e.g. 0:3,1:7"
+        ) from err
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help=HELP,
+        description="Measure D_f, G_f, R_f = D_f / G_f (with a bootstrap interval) and the test error of an "
+        "image classifier, and write a versioned results file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model", help="timm name, hub id (org/name, timm/..., hf-hub:...), '@REV' suffix, or local folder"
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        help="hub dataset id, local folder (images, saved dataset, parquet); default: "
+        "the default dataset of the model's label space (see README)",
+    )
+    g.add_argument("--split", help="dataset split (default: test/validation)")
+    g.add_argument("--dataset-config", help="dataset configuration name")
+    g.add_argument("--dataset-revision", help="dataset revision (branch, tag or commit)")
+    g.add_argument("--image-column", help="image column (default: detected from the features)")
+    g.add_argument("--label-column", help="label column (default: detected from the features)")
+    g.add_argument("--label-map", type=_label_map, help="dataset->model label pairs, e.g. 0:3,1:7")
+    g.add_argument(
+        "--num-images", type=int, default=500, help="probe images P, a seeded selection (default 500)"
+    )
+    g.add_argument(
+        "--num-error-images", type=int, help="images for the test error when more than P (clean passes only)"
+    )
+    g.add_argument(
+        "--streaming", action="store_true", help="stream a large hub dataset instead of downloading it"
+    )
+    g = p.add_argument_group("protocol")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--delta", type=float, default=1.0, help="typical displacement in pixels (default 1)")
+    m.add_argument("--temperature", type=float, help="diffeo temperature T instead of --delta")
+    g.add_argument(
+        "--temperatures",
+        type=_temperatures,
+        default=[],
+        help="extra temperatures for a sweep (comma list), or 'paper' for 30 in [T1/15, 2 T2]",
+    )
+    g.add_argument("--cut", type=int, default=3, help="high-frequency cut-off c (default 3)")
+    g.add_argument(
+        "--interp", default="linear", choices=["linear", "nearest", "gaussian"], help="interpolation"
+    )
+    g.add_argument(
+        "--estimator", default="mean", choices=["mean", "median"], help="mean (default) or the paper's median"
+    )
+    g.add_argument("--repeats", type=int, default=1, help="diffeo and noise draws per image (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the selection and perturbations (default 0)")
+    g.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the interval (default 1000)"
+    )
+    g.add_argument(
+        "--batchnorm",
+        default="eval",
+        choices=["eval", "batch"],
+        help="BatchNorm statistics: running (eval, default) or batch (the paper at initialisation)",
+    )
+    g.add_argument("--layers", help="also measure layers: 'blocks', 'all', or comma-separated module names")
+    g = p.add_argument_group("model")
+    g.add_argument("--revision", help="model revision (also accepted as MODEL@REV)")
+    g.add_argument("--untrained", action="store_true", help="random initialisation of the architecture")
+    g.add_argument(
+        "--trust-remote-code", action="store_true", help="allow code from the model repo (off by default)"
+    )
+    g = p.add_argument_group("running")
+    g.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default="auto",
+        help="largest forward batch (clean, deformed, noisy count separately) or 'auto' (default)",
+    )
+    g.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="compute dtype (autocast)",
+    )
+    g.add_argument("--device", help="cpu or cuda (default: the accelerator Accelerate finds)")
+    g.add_argument("--num-workers", type=int, default=2, help="data-loading workers per process (default 2)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="launch this many processes (torchrun) and split the images",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--output-dir", default=DEFAULT_RESULTS_DIR, help=f"results folder (default ./{DEFAULT_RESULTS_DIR})"
+    )
+    g.add_argument(
+        "--per-sample", action="store_true", help="also write per-image values beside the results file"
+    )
+    g.add_argument("--push-to-hub", metavar="REPO", help="upload the results file to this hub dataset repo")
+    g.add_argument("--overwrite", action="store_true", help="run again even if these settings were evaluated")
+    g.add_argument("--no-resume", action="store_true", help="ignore partial results of an interrupted run")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or messages, only the summary")
+    return p
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    argv = list(args._argv)
+    i = argv.index("--num-processes") if "--num-processes" in argv else None
+    if i is not None:
+        del argv[i : i + 2]
+    else:
+        argv = [a for a in argv if not a.startswith("--num-processes=")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.num_processes}",
+        "-m",
+        "hubstab.cli",
+        *argv,
+    ]
+    env = dict(os.environ, HUBSTAB_LAUNCHED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.call(cmd, env=env)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~hubstab.runner.config.EvalConfig` of parsed ``hubstab eval`` options."""
+    from hubstab.runner.config import EvalConfig
+
+    model, revision = args.model, args.revision
+    temps = args.temperatures
+    return EvalConfig(
+        model=model,
+        dataset=args.dataset,
+        split=args.split,
+        dataset_config=args.dataset_config,
+        dataset_revision=args.dataset_revision,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        label_map=args.label_map,
+        revision=revision,
+        num_images=args.num_images,
+        num_error_images=args.num_error_images,
+        delta=None if args.temperature is not None else args.delta,
+        temperature=args.temperature,
+        temperatures=temps,
+        cut=args.cut,
+        interp=args.interp,
+        estimator=args.estimator,
+        repeats=args.repeats,
+        seed=args.seed,
+        bootstrap=args.bootstrap,
+        batchnorm=args.batchnorm,
+        layers=[s.strip() for s in args.layers.split(",")]
+        if args.layers and "," in args.layers
+        else ([args.layers] if args.layers else None),
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        num_workers=args.num_workers,
+        compile=args.compile,
+        pretrained=not args.untrained,
+        trust_remote_code=args.trust_remote_code,
+        streaming=args.streaming,
+        output_dir=args.output_dir,
+        per_sample=args.per_sample,
+        push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+
+
+def format_summary(result) -> str:
+    """The readable end-of-run summary."""
+    cfg = result.extra.get("config", {})
+    env = result.extra.get("environment") or {}
+    lines = [
+        f"model    {cfg.get('model_name')} ({cfg.get('adapter')}"
+        + (f", revision {cfg.get('model_revision')}" if cfg.get("model_revision") else "")
+        + ")",
+        f"dataset  {cfg.get('dataset')}"
+        + (f" [{cfg.get('split')}]" if cfg.get("split") else "")
+        + f", {result.num_images} probe images",
+        result.summary(),
+    ]
+    lines += [f"note     {n}" for n in result.notes]
+    tail = []
+    if result.extra.get("wall_time_s") is not None:
+        tail.append(
+            f"time {result.extra['wall_time_s']:.1f} s on {env.get('device')} x{env.get('num_processes', 1)}"
+        )
+    if result.extra.get("results_file"):
+        tail.append(
+            f"results {result.extra['results_file']}" + (" (reused)" if result.extra.get("reused") else "")
+        )
+    if tail:
+        lines.append("   ".join(tail))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.num_processes < 1:
+        raise HubstabError("--num-processes must be >= 1")
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
+    from hubstab.runner.evaluate import run_evaluation
+
+    cfg = config_from_args(args)
+    result = run_evaluation(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(format_summary(result))
+    return 0

@@ -1,0 +1,108 @@
+"""The settings of an evaluation run, filled by the CLI or by :func:`hubstab.evaluate`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hubstab.results.io import DEFAULT_RESULTS_DIR
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class EvalConfig:
+    """Everything that defines an evaluation run.
+
+    Attributes mirror the options of ``hubstab eval`` (see ``hubstab eval --help``): model and dataset ids
+    (with revisions, split, columns), the protocol (delta or temperature, extra sweep temperatures, cut,
+    interpolation, estimator, draws per image, seed), how many images, and how to run (batch size, dtype,
+    device, workers, output folder, resume, push).
+    """
+
+    model: str = ""
+    dataset: str | None = None
+    split: str | None = None
+    dataset_config: str | None = None
+    dataset_revision: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    revision: str | None = None
+    num_images: int = 500
+    num_error_images: int | None = None
+    delta: float | None = 1.0
+    temperature: float | None = None
+    temperatures: list[float] | str = field(default_factory=list)  # or "paper": 30 in [T1/15, 2 T2]
+    cut: int = 3
+    interp: str = "linear"
+    estimator: str = "mean"
+    repeats: int = 1
+    seed: int = 0
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    batchnorm: str = "eval"
+    layers: list[str] | None = None
+    batch_size: int | str = "auto"
+    dtype: str = "float32"
+    device: str | None = None
+    num_workers: int = 2
+    channels_last: bool | None = None
+    compile: bool = False
+    pretrained: bool = True
+    trust_remote_code: bool = False
+    streaming: bool = False
+    label_map: dict[int, int] | None = None
+    output_dir: str | None = DEFAULT_RESULTS_DIR
+    per_sample: bool = False
+    push_to_hub: str | None = None
+    overwrite: bool = False
+    resume: bool = True
+    checkpoint_every_s: float = 60.0
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`hubstab.errors.HubstabError` with a clear message for impossible settings."""
+        from hubstab.errors import HubstabError
+        from hubstab.metrics.stability import ESTIMATORS
+        from hubstab.perturbations.diffeo import INTERPOLATIONS
+
+        problems = []
+        if self.num_images is not None and self.num_images < 2:
+            problems.append("--num-images must be at least 2 (R_f compares distinct images)")
+        if self.num_error_images is not None and self.num_error_images < 1:
+            problems.append("--num-error-images must be positive")
+        if self.delta is not None and self.delta < 0:
+            problems.append("--delta must be >= 0 pixels")
+        if self.temperature is not None and self.temperature < 0:
+            problems.append("--temperature must be >= 0")
+        if isinstance(self.temperatures, str) and self.temperatures != "paper":
+            problems.append("temperatures must be a list of numbers or 'paper'")
+        elif not isinstance(self.temperatures, str) and any(t < 0 for t in self.temperatures):
+            problems.append("sweep temperatures must be >= 0")
+        if self.cut < 2:
+            problems.append("--cut must be an integer >= 2")
+        if self.interp not in INTERPOLATIONS:
+            problems.append(f"--interp must be one of {', '.join(INTERPOLATIONS)}")
+        if self.estimator not in ESTIMATORS:
+            problems.append(f"--estimator must be one of {', '.join(ESTIMATORS)}")
+        if self.estimator == "median" and self.layers:
+            problems.append(
+                "the median estimator is defined on the output only: use --estimator mean with --layers"
+            )
+        if self.repeats < 1:
+            problems.append("--repeats must be >= 1")
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.batchnorm not in ("eval", "batch"):
+            problems.append("--batchnorm must be 'eval' or 'batch'")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 3) and self.batch_size != "auto":
+            problems.append(
+                "--batch-size must be 'auto' or an integer >= 3 (clean, deformed and noisy inputs)"
+            )
+        if not 0 < self.confidence < 1:
+            problems.append("--confidence must be in (0, 1)")
+        if problems:
+            raise HubstabError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
