@@ -196,7 +196,7 @@ def test_timm_registry_name_loads_hub_weights_and_data_config(offline):
     # preprocess is timm's own eval transform, minus normalisation
     image = _photo()
     x = loaded.preprocess(image)
-    assert x.shape == (3, 160, 160) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert x.shape == (3, 160, 160) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     reference = timm.create_model(f"local-dir:{offline['src'] / 'tr'}")
     ref = create_transform(**resolve_data_config({}, model=reference))(image)
     mean, std = torch.tensor(cfg.mean)[:, None, None], torch.tensor(cfg.std)[:, None, None]
@@ -290,7 +290,7 @@ def test_unknown_ids_fail_fast_with_suggestions(offline):
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE") as err:
         load_model("facebook/deit-smal-patch16-224")
     assert "did you mean" in str(err.value) and "facebook/deit-small-patch16-224" in str(err.value)
-    with pytest.raises(ModelNotFoundError, match="did you mean.*resnet50"):
+    with pytest.raises(ModelNotFoundError, match=r"did you mean.*resnet50"):
         load_model("resnet5O")
     with pytest.raises(ModelNotFoundError, match=r"no pretrained tag 'nope'.*r160_in1k"):
         load_model("test_resnet.nope")
@@ -326,7 +326,8 @@ def test_real_efficientnet_lite0_by_hub_id_on_imagenet_photos(tmp_path, monkeypa
     import re
 
     import timm
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
 
     from hubstab import relative_stability
     from hubstab.adapters import collate_probes, load_probe_set, match_labels
