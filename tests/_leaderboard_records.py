@@ -6,7 +6,6 @@ is typed in by hand.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,17 +91,8 @@ def fmnist_records(trained: nn.Module) -> list[dict[str, Any]]:
     ]
 
 
-def file_name(record: dict[str, Any]) -> str:
-    """Where ``hubstab eval`` puts a record: ``<model with / as __>/<run_id[:12]>.json``."""
-    return f"{record['config']['model_name'].replace('/', '__')}/{record['run_id'][:12]}.json"
-
-
 def write_records(folder: Path, records: list[dict[str, Any]]) -> list[Path]:
-    """Write records as ``hubstab eval`` lays them out; returns the paths."""
-    paths = []
-    for record in records:
-        path = folder / file_name(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
-        paths.append(path)
-    return paths
+    """Write records as ``hubstab eval`` lays them out (``hubstab.results.io.write_record``)."""
+    from hubstab.results.io import write_record
+
+    return [write_record(record, folder) for record in records]

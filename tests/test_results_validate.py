@@ -30,23 +30,14 @@ def records() -> list[dict]:
     result = relative_stability(
         random_cnn(2), images, None, estimator="median", repeats=2, bootstrap=50, seed=7
     )
-    result.extra["equivariance"] = {
-        "transform": "rotation C4",
-        "mode": "invariance",
-        "metric": "1 - cosine",
-        "num_samples": 16,
-        "output": 0.25,
-        "layers": {"block1": 0.5, "block2": None},
-    }
-    result.extra["class_manifold"] = {
-        "target_class": 3,
-        "dims": [1, 3, 5],
-        "probabilities": [0.1, 0.4, 0.9],
-        "d_star": 3.5,
-        "effective_dimension": 780.5,
-        "input_dim": 784,
-        "threshold": 0.5,
-    }
+    from hubstab.metrics.equivariance import equivariance_deviation
+    from hubstab.metrics.manifold import class_manifold_dimension
+
+    model = random_cnn(2)
+    result.extra["equivariance"] = equivariance_deviation(model, images[:8], "rotation90").to_dict()
+    result.extra["class_manifold"] = class_manifold_dimension(
+        model, images[:2], 3, dims=[1, 4, 16], repeats=1, steps=10
+    ).to_dict()
     recs.append(build_record(result, {"model_name": "fmnist/cnn-c", "dataset": "fashion_mnist"}))
     return recs
 

@@ -42,6 +42,7 @@ ESTIMATORS: tuple[str, ...] = ("mean", "median")
 BATCHNORM_MODES: tuple[str, ...] = ("eval", "batch")
 EQUIVARIANCE_MODES: tuple[str, ...] = ("invariance", "equivariance")
 
+_PROBABILITY_SLACK = 1e-6  # float32 averages of softmax outputs may exceed 1 by rounding
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -337,13 +338,11 @@ def _equivariance(value: Any, path: str) -> None:
             "transform": lambda v, p: _string(v, p, max_chars=MAX_NAME_CHARS, nonempty=True),
             "mode": lambda v, p: _string(v, p, choices=EQUIVARIANCE_MODES),
             "metric": lambda v, p: _string(v, p, max_chars=MAX_NAME_CHARS, nonempty=True),
-            "output": lambda v, p: _number(v, p, nullable=True, low=0.0),
+            "output": lambda v, p: _number(v, p, nullable=True),
         },
         optional={
             "num_samples": lambda v, p: _integer(v, p, low=1),
-            "layers": lambda v, p: [
-                _number(x, f"{p}.{k}", nullable=True, low=0.0) for k, x in _object(v, p).items()
-            ],
+            "layers": lambda v, p: [_number(x, f"{p}.{k}", nullable=True) for k, x in _object(v, p).items()],
         },
     )
 
@@ -361,7 +360,8 @@ def _class_manifold(value: Any, path: str) -> None:
         optional={
             "dims": lambda v, p: [_integer(d, f"{p}[{i}]", low=1) for i, d in enumerate(_list(v, p))],
             "probabilities": lambda v, p: [
-                _number(x, f"{p}[{i}]", low=0.0, high=1.0) for i, x in enumerate(_list(v, p))
+                _number(x, f"{p}[{i}]", nullable=True, low=0.0, high=1.0 + _PROBABILITY_SLACK)
+                for i, x in enumerate(_list(v, p))
             ],
             "input_dim": lambda v, p: _integer(v, p, low=1),
             "threshold": lambda v, p: _number(v, p, low=0.0, high=1.0),
