@@ -26,6 +26,12 @@ _EXPORTS: dict[str, str] = {
     "relative_stability": "hubstab.metrics.stability",
     "StabilityResult": "hubstab.metrics.result",
     "StabilityPoint": "hubstab.metrics.result",
+    # adapters
+    "load_model": "hubstab.adapters.models",
+    "LoadedModel": "hubstab.adapters.models",
+    "DataConfig": "hubstab.adapters.config",
+    "load_probe_set": "hubstab.adapters.data",
+    "match_labels": "hubstab.adapters.labels",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
