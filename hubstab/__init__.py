@@ -32,6 +32,18 @@ _EXPORTS: dict[str, str] = {
     "DataConfig": "hubstab.adapters.config",
     "load_probe_set": "hubstab.adapters.data",
     "match_labels": "hubstab.adapters.labels",
+    # layers, sweeps, plots, tasks, training
+    "layer_forward": "hubstab.metrics.layers",
+    "resolve_layers": "hubstab.metrics.layers",
+    "temperature_sweep": "hubstab.metrics.sweeps",
+    "cut_sweep": "hubstab.metrics.sweeps",
+    "paper_temperatures": "hubstab.metrics.sweeps",
+    "plot_layers": "hubstab.plots",
+    "plot_sweep": "hubstab.plots",
+    "plot_error_vs_stability": "hubstab.plots",
+    "ScaleDetection": "hubstab.tasks.scale_detection",
+    "StabilityMonitor": "hubstab.training",
+    "StabilityCallback": "hubstab.training",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -211,6 +211,7 @@ def _callback_class() -> type:
             return control
 
     StabilityCallback.__module__ = __name__
+    StabilityCallback.__qualname__ = "StabilityCallback"
     return StabilityCallback
 
 
