@@ -90,6 +90,7 @@ def test_layer_selection():
     assert resolve_layers(model, "blocks") == [f"features.{i}" for i in range(9)]
     assert resolve_layers(model, "all") == [*(f"features.{i}" for i in range(9)), "head"]
     assert resolve_layers(model, "features.2, head") == ["features.2", "head"]
+    assert resolve_layers(model, ["Blocks"]) == resolve_layers(model, "blocks")  # as the CLI passes it
 
 
 def test_timm_blocks_and_feature_info():

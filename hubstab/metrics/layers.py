@@ -11,7 +11,8 @@ Layer selection (:func:`resolve_layers`):
   ``blocks``, ``layers``, ``layer``, ``stages`` or ``features`` with at least two children (timm ``blocks`` /
   ``stages``, transformers ``encoder.layer(s)`` / ``encoder.stages``), else timm's ``feature_info`` modules.
 * ``"all"``: every leaf module (no children), except dropout and identity layers.
-* a list of module names as in ``model.named_modules()`` (e.g. ``["features.2", "head"]``).
+* a list of module names as in ``model.named_modules()`` (e.g. ``["features.2", "head"]``); a list holding
+  only ``"blocks"`` or ``"all"`` means the keyword (name a container's children to hook a module so named).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hubstab.metrics.stability import OUTPUT, as_logits
 LayerSpec = str | Sequence[str]
 """``"blocks"``, ``"all"``, a comma-separated string of module names, or a sequence of module names."""
 
+KEYWORDS: tuple[str, ...] = ("blocks", "all")
 BLOCK_CONTAINERS: tuple[str, ...] = ("blocks", "layers", "layer", "stages", "features")
 _SKIPPED_LEAVES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
@@ -91,6 +93,8 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> list[str]:
     Raises:
         HubstabError: a named module does not exist (with close matches), or no blocks are found.
     """
+    if not isinstance(layers, str) and len(layers) == 1 and str(layers[0]).strip().lower() in KEYWORDS:
+        layers = str(layers[0])  # ["blocks"] as the CLI passes it
     if isinstance(layers, str):
         key = layers.strip().lower()
         if key == "blocks":
