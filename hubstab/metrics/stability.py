@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from hubstab.metrics.result import StabilityPoint, StabilityResult
+from hubstab.perturbations import rng
 from hubstab.perturbations.diffeo import (
     INTERPOLATIONS,
     apply_coefficients,
@@ -31,7 +32,7 @@ from hubstab.perturbations.diffeo import (
     temperature_for_displacement,
     typical_displacement,
 )
-from hubstab.perturbations.noise import matched_noise
+from hubstab.perturbations.noise import direction_norms, match_norm
 
 Estimator = Literal["mean", "median"]
 ESTIMATORS: tuple[str, ...] = ("mean", "median")
@@ -196,12 +197,19 @@ def _forward(
     inputs: torch.Tensor,
     max_batch: int,
     normalize: tuple[torch.Tensor, torch.Tensor] | None,
+    owned: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Forward ``inputs`` in chunks of at most ``max_batch``; representations flattened to (N, D) float32."""
+    """Forward ``inputs`` in chunks of at most ``max_batch``; representations flattened to (N, D) float32.
+
+    ``owned``: ``inputs`` is a scratch buffer of the caller, normalised in place instead of copied.
+    """
     pieces: dict[str, list[torch.Tensor]] = {}
+    if normalize is not None and owned:
+        owned = all(torch.result_type(inputs, v) == inputs.dtype for v in normalize)
     for chunk in _chunks(inputs, max_batch):
         if normalize is not None:
-            chunk = (chunk - normalize[0]) / normalize[1]
+            chunk = chunk.sub_(normalize[0]) if owned else chunk - normalize[0]
+            chunk = chunk.div_(normalize[1])
         for name, rep in _representations(forward(chunk)).items():
             pieces.setdefault(name, []).append(rep.reshape(rep.shape[0], -1).float())
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
@@ -259,19 +267,36 @@ def batch_stats(
 
     def run(groups: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         if fuse:
-            reps = _forward(forward, torch.cat(groups), max_batch, normalize)
-            return [{k: v[i * b : (i + 1) * b] for k, v in reps.items()} for i in range(len(groups))]
+            # One buffer for clean, deformed and noisy inputs (the last group is eta, made noisy in place
+            # there), normalised in place: the only copy of the inputs alive during the forward.
+            fused = images.new_empty((len(groups) * b, *images.shape[1:]))
+            for i, g in enumerate(groups[:-1]):
+                fused[i * b : (i + 1) * b].copy_(g)
+            torch.add(groups[-1], images, out=fused[-b:])
+            groups.clear()
+            reps = _forward(forward, fused, max_batch, normalize, owned=True)
+            return [{k: v[i * b : (i + 1) * b] for k, v in reps.items()} for i in range(len(fused) // b)]
+        groups[-1] = groups[-1].add_(images)  # eta -> noisy input
         return [_forward(forward, g, max_batch, normalize) for g in groups]
 
-    for t, temperature in enumerate(temperatures):
-        for r in range(repeats):
+    # Draws outer, temperatures inner: a noise direction is drawn once per draw and rescaled for every
+    # temperature (what matched_noise would redraw each time); per-temperature sums still add draws in order.
+    for r in range(repeats):
+        direction = rng.normal(seed, _stream("noise", r), indices, images[0].numel()).view_as(images)
+        direction_norm = direction_norms(direction)
+        for t, temperature in enumerate(temperatures):
             coefficients = sample_coefficients(
                 float(temperature), cut, indices=indices, seed=seed, stream=_stream("diffeo", r)
             )
             deformed = apply_coefficients(images, coefficients, cut, interp)
-            noisy = images + matched_noise(images, deformed, indices=indices, seed=seed, stream=_stream("noise", r))
+            # The last temperature may overwrite the direction; eta is always a fresh tensor or that one.
+            eta = match_norm(
+                direction, images, deformed, direction_norm=direction_norm, in_place=t == n_t - 1
+            )
+            groups = [images, deformed, eta] if clean is None else [deformed, eta]
+            del deformed, eta  # run() releases them once copied into the fused batch
             if clean is None:
-                clean, out_d, out_n = run([images, deformed, noisy])
+                clean, out_d, out_n = run(groups)
                 names = list(clean)
                 diffeo_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
                 noise_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
@@ -280,7 +305,7 @@ def batch_stats(
                     comps_d = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
                     comps_n = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
             else:
-                out_d, out_n = run([deformed, noisy])
+                out_d, out_n = run(groups)
             for k in names:
                 diffeo_sq[k][t] += (out_d[k] - clean[k]).pow(2).sum(1).double() / repeats
                 noise_sq[k][t] += (out_n[k] - clean[k]).pow(2).sum(1).double() / repeats

@@ -26,7 +26,6 @@ def matched_noise(
     """
     if clean.shape != perturbed.shape:
         raise ValueError(f"shapes differ: {tuple(clean.shape)} vs {tuple(perturbed.shape)}")
-    b = clean.shape[0]
     if indices is not None:
         indices = torch.as_tensor(indices, device=clean.device)
         z = rng.normal(seed, stream, indices, clean[0].numel()).view_as(clean)
@@ -35,6 +34,39 @@ def matched_noise(
             clean.shape, generator=generator, device=generator.device if generator else clean.device
         )
         z = z.to(clean.device)
+    return match_norm(z, clean, perturbed, in_place=True)
+
+
+def match_norm(
+    direction: torch.Tensor,
+    clean: torch.Tensor,
+    perturbed: torch.Tensor,
+    *,
+    direction_norm: torch.Tensor | None = None,
+    in_place: bool = False,
+) -> torch.Tensor:
+    """Rescale ``direction`` (float32, shape of ``clean``) per image to the L2 norm of ``perturbed - clean``.
+
+    The step :func:`matched_noise` ends with, exposed so that a direction drawn once can serve several
+    perturbations (e.g. every temperature of a sweep). ``direction_norm`` is the (B,) norm of ``direction``
+    per image when already known; ``in_place`` reuses ``direction``'s memory for the result.
+
+    Returns:
+        eta, shape of ``clean``, dtype of ``clean``.
+    """
+    if clean.shape != perturbed.shape or direction.shape != clean.shape:
+        raise ValueError(
+            f"shapes differ: {tuple(direction.shape)}, {tuple(clean.shape)}, {tuple(perturbed.shape)}"
+        )
+    b = clean.shape[0]
     target = (perturbed.float() - clean.float()).reshape(b, -1).norm(dim=1)
-    norm = z.reshape(b, -1).norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
-    return (z * (target / norm).view(b, *([1] * (clean.ndim - 1)))).to(clean.dtype)
+    if direction_norm is None:
+        direction_norm = direction_norms(direction)
+    factor = (target / direction_norm).view(b, *([1] * (clean.ndim - 1)))
+    eta = direction.mul_(factor) if in_place else direction * factor
+    return eta.to(clean.dtype)
+
+
+def direction_norms(direction: torch.Tensor) -> torch.Tensor:
+    """(B,) per-image L2 norm of a noise direction, floored at the smallest positive float32."""
+    return direction.reshape(direction.shape[0], -1).norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)

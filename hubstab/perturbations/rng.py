@@ -28,6 +28,16 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """:func:`_mix32` in place on ``x`` (``scratch``: a buffer of the same shape), without temporaries."""
+    x ^= torch.bitwise_right_shift(x, 16, out=scratch)
+    x.mul_(0x7FEB352D).bitwise_and_(_MASK32)
+    x ^= torch.bitwise_right_shift(x, 15, out=scratch)
+    x.mul_(0x846CA68B).bitwise_and_(_MASK32)
+    x ^= torch.bitwise_right_shift(x, 16, out=scratch)
+    return x
+
+
 def stream_key(seed: int, stream: str) -> int:
     """A 32-bit key for a named stream of a seeded run (stable across Python versions and platforms)."""
     digest = hashlib.sha256(f"{int(seed)}:{stream}".encode()).digest()
@@ -39,7 +49,9 @@ def _uniform_bits(key: int, indices: torch.Tensor, count: int, offset: int = 0) 
     idx = indices.to(torch.int64).reshape(-1, 1) & _MASK32
     per_image = _mix32(_mix32(idx ^ key) ^ ((key * 0x9E3779B1) & _MASK32))
     counter = torch.arange(offset, offset + count, device=indices.device, dtype=torch.int64).reshape(1, -1)
-    return _mix32(per_image ^ _mix32(counter & _MASK32))
+    bits = per_image ^ _mix32(counter & _MASK32)
+    # The (images, count) tensor is the big one (count = C * H * W for noise): mix it in place.
+    return _mix32_(bits, torch.empty_like(bits))
 
 
 def uniform(
@@ -65,9 +77,14 @@ def normal(seed: int, stream: str, indices: torch.Tensor, count: int, *, dtype=t
     key = stream_key(seed, stream)
     bits = _uniform_bits(key, indices, 2 * half)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    u = ((bits >> 8).to(compute) + 0.5) / 2.0**24
+    # Box-Muller, computed in place where possible (same operations, same rounding, fewer temporaries).
+    u = bits.bitwise_right_shift_(8).to(compute)
+    del bits
+    u.add_(0.5).div_(2.0**24)
     u1, u2 = u[:, :half], u[:, half:]
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    angle = (2.0 * torch.pi) * u2
-    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+    radius = torch.log(u1).mul_(-2.0).sqrt_()
+    angle = u2.mul_(2.0 * torch.pi)
+    z = torch.empty_like(u)
+    torch.mul(torch.cos(angle, out=z[:, :half]), radius, out=z[:, :half])
+    torch.mul(torch.sin(angle, out=z[:, half:]), radius, out=z[:, half:])
     return z[:, :count].to(dtype)
