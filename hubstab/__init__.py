@@ -32,6 +32,9 @@ _EXPORTS: dict[str, str] = {
     "DataConfig": "hubstab.adapters.config",
     "load_probe_set": "hubstab.adapters.data",
     "match_labels": "hubstab.adapters.labels",
+    # runner
+    "evaluate": "hubstab.runner.engine",
+    "EvalConfig": "hubstab.runner.config",
     # layers, sweeps, plots, tasks, training
     "layer_forward": "hubstab.metrics.layers",
     "resolve_layers": "hubstab.metrics.layers",
@@ -44,6 +47,12 @@ _EXPORTS: dict[str, str] = {
     "ScaleDetection": "hubstab.tasks.scale_detection",
     "StabilityMonitor": "hubstab.training",
     "StabilityCallback": "hubstab.training",
+    # invariance / equivariance (Kvinge et al.), class-manifold dimension (Fort et al.)
+    "equivariance_deviation": "hubstab.metrics.equivariance",
+    "EquivarianceResult": "hubstab.metrics.equivariance",
+    "class_manifold_dimension": "hubstab.metrics.manifold",
+    "ClassManifoldResult": "hubstab.metrics.manifold",
+    "get_transform": "hubstab.perturbations.groups",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -41,7 +41,9 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError("an integer or 'auto'") from err
 
 
-def _label_map(text: str) -> dict[int, int]:
+def _label_map(text: str) -> dict[int, int] | str:
+    if text.strip() == "identity":
+        return "identity"
     try:
         pairs = [p.split(":") for p in text.split(",") if p.strip()]
         return {int(a): int(b) for a, b in pairs}
@@ -74,7 +76,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--dataset-revision", help="dataset revision (branch, tag or commit)")
     g.add_argument("--image-column", help="image column (default: detected from the features)")
     g.add_argument("--label-column", help="label column (default: detected from the features)")
-    g.add_argument("--label-map", type=_label_map, help="dataset->model label pairs, e.g. 0:3,1:7")
+    g.add_argument(
+        "--label-map",
+        type=_label_map,
+        help="dataset->model label pairs, e.g. 0:3,1:7, or 'identity' when the dataset's label indices are the model's",
+    )
     g.add_argument(
         "--num-images", type=int, default=500, help="probe images P, a seeded selection (default 500)"
     )
@@ -113,6 +119,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="BatchNorm statistics: running (eval, default) or batch (the paper at initialisation)",
     )
     g.add_argument("--layers", help="also measure layers: 'blocks', 'all', or comma-separated module names")
+    g.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also measure: equivariance:TRANSFORM[:MODE[:METRIC]] (e.g. equivariance:rotation90, "
+        "equivariance:translation:equivariance:euclidean) or class-manifold[:CLASS]; repeatable",
+    )
+    g.add_argument(
+        "--metric-images", type=int, default=32, help="images for --metric measurements (default 32)"
+    )
     g = p.add_argument_group("model")
     g.add_argument("--revision", help="model revision (also accepted as MODEL@REV)")
     g.add_argument("--untrained", action="store_true", help="random initialisation of the architecture")
@@ -207,6 +224,8 @@ def config_from_args(args: argparse.Namespace):
         layers=[s.strip() for s in args.layers.split(",")]
         if args.layers and "," in args.layers
         else ([args.layers] if args.layers else None),
+        metrics=list(args.metric),
+        metric_images=args.metric_images,
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
@@ -257,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         raise HubstabError("--num-processes must be >= 1")
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
-    from hubstab.runner.evaluate import run_evaluation
+    from hubstab.runner.engine import run_evaluation
 
     cfg = config_from_args(args)
     result = run_evaluation(cfg)

@@ -23,6 +23,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _cut(text, width: int) -> str:
+    """``text`` in ``width`` characters, keeping its end (the informative part of paths and ids)."""
+    text = str(text)
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         lo, hi = r.get("relative_stability_ci") or (None, None)
         err = None if r.get("test_error") is None else 100 * r["test_error"]
         print(
-            f"{str(c['model_name'])[:42]:42} {str(c.get('dataset'))[:28]:28} {str(c.get('protocol_id'))[:28]:28} "
+            f"{_cut(c['model_name'], 42):42} {_cut(c.get('dataset'), 28):28} {_cut(c.get('protocol_id'), 28):28} "
             f"{_fmt(r['relative_stability'], '8.4g')} {_fmt(lo, '9.3g')}-{_fmt(hi, '<9.3g')} "
             f"{_fmt(err, '6.2f')}% {c.get('num_images') or 0:5d}  {str(rec.get('created_at', ''))[:10]}"
         )

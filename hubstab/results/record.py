@@ -120,8 +120,13 @@ def build_record(
     *,
     env: dict[str, Any] | None = None,
     wall_time_s: float | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The results document of one run: ``config`` holds the model/dataset keys of :data:`CONFIG_KEYS`."""
+    """The results document of one run: ``config`` holds the model/dataset keys of :data:`CONFIG_KEYS`.
+
+    ``run_id`` defaults to :func:`run_identity` of the config; a runner passes the id it computed from the
+    requested settings before measuring, so that a re-run is recognised.
+    """
     data = result.to_dict()
     cfg = {k: config.get(k) for k in CONFIG_KEYS}
     cfg["protocol"] = data["settings"]
@@ -140,7 +145,7 @@ def build_record(
         results[key] = value
     return {
         "schema_version": SCHEMA_VERSION,
-        "run_id": run_identity(cfg),
+        "run_id": run_id or run_identity(cfg),
         "config": cfg,
         "results": results,
         "higher_is_better": dict(HIGHER_IS_BETTER),

@@ -1,6 +1,6 @@
 """The evaluation runner (Accelerate) and its configuration."""
 
 from hubstab.runner.config import EvalConfig
-from hubstab.runner.evaluate import evaluate, make_accelerator, run_evaluation
+from hubstab.runner.engine import evaluate, make_accelerator, run_evaluation
 
 __all__ = ["EvalConfig", "evaluate", "make_accelerator", "run_evaluation"]

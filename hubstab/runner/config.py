@@ -42,6 +42,10 @@ class EvalConfig:
     confidence: float = 0.95
     batchnorm: str = "eval"
     layers: list[str] | None = None
+    metrics: list[str] = field(
+        default_factory=list
+    )  # "equivariance:TRANSFORM[:MODE[:METRIC]]", "class-manifold[:CLASS]"
+    metric_images: int = 32
     batch_size: int | str = "auto"
     dtype: str = "float32"
     device: str | None = None
@@ -51,7 +55,7 @@ class EvalConfig:
     pretrained: bool = True
     trust_remote_code: bool = False
     streaming: bool = False
-    label_map: dict[int, int] | None = None
+    label_map: dict[int, int] | str | None = None  # or "identity"
     output_dir: str | None = DEFAULT_RESULTS_DIR
     per_sample: bool = False
     push_to_hub: str | None = None
@@ -101,6 +105,12 @@ class EvalConfig:
             )
         if not 0 < self.confidence < 1:
             problems.append("--confidence must be in (0, 1)")
+        for spec in self.metrics:
+            kind = spec.split(":")[0]
+            if kind not in ("equivariance", "class-manifold"):
+                problems.append(
+                    f"unknown --metric {spec!r}: use equivariance:TRANSFORM[:MODE[:METRIC]] or class-manifold[:CLASS]"
+                )
         if problems:
             raise HubstabError("; ".join(problems))
 

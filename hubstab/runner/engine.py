@@ -362,9 +362,15 @@ def run_evaluation(
             result.test_error = error
             result.settings["num_error_images"] = n_err
 
+    if cfg.metrics:
+        extra_metrics = None
+        if acc.is_main_process:
+            extra_metrics = _other_metrics(cfg, probes, mapper, loaded, net, device)
+        result.extra.update(_gather(acc, extra_metrics)[0] if world > 1 else extra_metrics)
+
     wall = time.time() - started
     env = environment(str(device), world)
-    record = build_record(result, record_config, env=env, wall_time_s=wall)
+    record = build_record(result, record_config, env=env, wall_time_s=wall, run_id=run_id)
     result.extra.update(
         {"config": record["config"], "environment": env, "run_id": record["run_id"], "wall_time_s": wall}
     )
@@ -381,6 +387,62 @@ def run_evaluation(
             log(f"pushed to {url}")
     acc.wait_for_everyone()
     return result
+
+
+def _other_metrics(cfg: EvalConfig, probes, mapper, loaded, net: nn.Module, device) -> dict[str, Any]:
+    """Invariance/equivariance deviation and class-manifold dimension on the first probe images (main process)."""
+    from hubstab.adapters import collate_probes
+
+    items = [probes[i] for i in range(min(cfg.metric_images, len(probes)))]
+    images, labels, indices, _ = collate_probes(items)
+    labels = torch.tensor([mapper(int(y)) for y in labels], dtype=torch.int64)
+    dc = loaded.data_config
+    out: dict[str, Any] = {}
+    for spec in cfg.metrics:
+        kind, *parts = spec.split(":")
+        if kind == "equivariance":
+            from hubstab.metrics.equivariance import equivariance_deviation
+
+            if not parts:
+                raise HubstabError(
+                    "--metric equivariance needs a transformation, e.g. equivariance:rotation90"
+                )
+            transform = parts[0]
+            mode = parts[1] if len(parts) > 1 else "invariance"
+            metric = parts[2] if len(parts) > 2 else "cosine"
+            res = equivariance_deviation(
+                net,
+                images,
+                transform,
+                layers=cfg.layers,
+                mode=mode,
+                metric=metric,
+                seed=cfg.seed,
+                mean=dc.mean,
+                std=dc.std,
+                device=device,
+                indices=indices,
+                batchnorm=cfg.batchnorm,
+            )
+            out["equivariance"] = res.to_dict()
+        else:
+            from hubstab.metrics.manifold import class_manifold_dimension
+
+            target = int(parts[0]) if parts else 0
+            res = class_manifold_dimension(
+                net,
+                images,
+                target,
+                labels=labels if mapper.usable else None,
+                seed=cfg.seed,
+                mean=dc.mean,
+                std=dc.std,
+                device=device,
+                indices=indices,
+                batchnorm=cfg.batchnorm,
+            )
+            out["class_manifold"] = res.to_dict()
+    return out
 
 
 @torch.no_grad()
