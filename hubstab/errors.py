@@ -21,3 +21,7 @@ class LabelSpaceError(HubstabError):
 
 class ResultsValidationError(HubstabError):
     """A results file that does not follow the schema."""
+
+
+class ArgumentError(HubstabError, ValueError):
+    """An invalid argument or setting of a measurement (also a ValueError, so Python callers can catch either)."""

@@ -10,6 +10,7 @@ from conftest import load_fashion_mnist
 from torch import nn
 
 from hubstab import equivariance_deviation, get_transform
+from hubstab.errors import HubstabError
 from hubstab.perturbations.groups import Diffeo, Flip, Rotation, Rotation90, Translation
 
 REQUIRED_KEYS = {"transform", "mode", "metric", "num_samples", "output", "layers", "seed", "num_images"}
@@ -43,6 +44,7 @@ def test_registry_builds_transforms_and_suggests_names():
     assert isinstance(get_transform("flip", axis="both"), Flip)
     t = get_transform("translation:step=4,axes=horizontal")
     assert isinstance(t, Translation) and t.step == 4 and t.axes == "horizontal"
+    assert get_transform("translation(step=4, axes=horizontal)").settings() == t.settings()
     d = get_transform("diffeo:delta=2,cut=5")
     assert isinstance(d, Diffeo) and d.delta == 2.0 and d.cut == 5
     assert get_transform(t) is t
@@ -149,6 +151,9 @@ def test_cyclic_architecture_is_invariant_and_fully_connected_is_not(fmnist):
         max(eq.layers.values()) < 1e-5 and eq.output < 1e-5
     )  # circular convolutions are exactly equivariant
     assert eq.actions == {"output": "trivial", "0": "spatial", "2": "spatial", "4": "spatial"}
+    default = equivariance_deviation(circ, fmnist[:2], "translation")
+    assert default.num_samples == 32 and not default.settings["enumerated"]  # 784 shifts: sampled
+    assert equivariance_deviation(circ, fmnist[:2], "flip").settings["enumerated"]
     # the measurement is not degenerate: the same network is not invariant to rotations
     shifted = equivariance_deviation(circ, fmnist, "translation", num_samples=16, metric="euclidean").output
     rotated = equivariance_deviation(circ, fmnist, "rotation90", metric="euclidean").output
@@ -178,11 +183,11 @@ def test_result_record_and_batching(fmnist):
 
 def test_user_errors_are_clear(fmnist):
     net = cyclic_net()
-    with pytest.raises(ValueError, match="output only"):
+    with pytest.raises(HubstabError, match="output only"):  # the CLI prints these as messages
         equivariance_deviation(net, fmnist, "flip", layers=["0"], metric="kl")
     with pytest.raises(ValueError, match="Did you mean 'cosine'"):
         equivariance_deviation(net, fmnist, "flip", metric="cosin")
-    with pytest.raises(ValueError, match=r"no module named '0\.weight'"):
+    with pytest.raises(HubstabError, match=r"no module named '0\.weight'"):
         equivariance_deviation(net, fmnist, "flip", layers=["0.weight"])
     with pytest.raises(ValueError, match="mode"):
         equivariance_deviation(net, fmnist, "flip", mode="covariance")

@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hubstab.errors import ArgumentError
+from hubstab.metrics.layers import activation_tensor, resolve_layers
 from hubstab.metrics.stability import OUTPUT, _as_normalize, as_logits, evaluation_mode
 from hubstab.perturbations.groups import Transform, get_transform
 
@@ -35,7 +37,8 @@ Mode = Literal["invariance", "equivariance"]
 MODES: tuple[str, ...] = ("invariance", "equivariance")
 METRICS: tuple[str, ...] = ("cosine", "euclidean", "kl")
 DEFAULT_SAMPLES = 32
-"""Elements drawn from a sampled family (continuous rotations, diffeomorphisms) when num_samples is None."""
+"""Elements drawn when num_samples is None from a sampled family (continuous rotations, diffeomorphisms) or a
+finite group of larger order (translations); smaller finite groups are enumerated."""
 
 
 @dataclass
@@ -104,42 +107,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    for attr in ("last_hidden_state", "logits"):
-        value = getattr(output, attr, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    return None
-
-
-def resolve_layers(model: nn.Module, layers: str | Sequence[str] | None) -> list[str]:
-    """Module names to capture: None (output only), ``"all"`` (every leaf module) or a list of names."""
-    if layers is None:
-        return []
-    if not isinstance(model, nn.Module):
-        raise ValueError("layers can only be captured from a torch.nn.Module")
-    modules = dict(model.named_modules())
-    modules.pop("", None)
-    if isinstance(layers, str):
-        if layers != "all":
-            layers = [layers]
-        else:
-            return [name for name, m in modules.items() if not any(True for _ in m.children())]
-    names = list(layers)
-    for name in names:
-        if name not in modules:
-            close = difflib.get_close_matches(name, list(modules), n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"the model has no module named {name!r}.{hint} (see model.named_modules())")
-    if len(set(names)) != len(names) or OUTPUT in names:
-        raise ValueError(f"layer names must be distinct and not {OUTPUT!r}")
-    return names
-
-
 @contextlib.contextmanager
 def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Forward hooks storing the output of the named modules of the last forward in the yielded dict."""
@@ -149,10 +116,7 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.
 
     def hook(name):
         def fn(_module, _inputs, output):
-            tensor = _first_tensor(output)
-            if tensor is None:
-                raise TypeError(f"module {name!r} returned {type(output).__name__}, not a tensor")
-            store[name] = tensor
+            store[name] = activation_tensor(output)
 
         return fn
 
@@ -202,11 +166,12 @@ def equivariance_deviation(
         images: (P, C, H, W) float images in [0, 1].
         transform: a registry name (``"rotation90"``, ``"rotation"``, ``"translation"``, ``"flip"``,
             ``"diffeo"``, optionally with parameters such as ``"translation:step=4"``) or a Transform.
-        layers: module names to measure besides the output, ``"all"`` for every leaf module, None for the output.
+        layers: module names to measure besides the output, ``"blocks"`` or ``"all"`` (leaf modules) as
+            :func:`hubstab.metrics.layers.resolve_layers` selects them, None for the output only.
         mode: ``"invariance"`` (orbit centroid) or ``"equivariance"`` (g acting on the representation).
         metric: ``"cosine"`` (1 - cosine similarity), ``"euclidean"`` or ``"kl"`` (output only, nats).
-        num_samples: group elements per image; None enumerates a finite group, or draws 32 elements of a
-            sampled family. Finite groups are sampled without replacement below their order.
+        num_samples: group elements per image; None enumerates a finite group of order <= 32 and draws 32
+            elements otherwise. Finite groups are sampled without replacement below their order.
         seed: seed of the sampled elements (per image for diffeomorphisms).
         mean, std: per-channel normalisation applied after transforming.
         batch_size: largest batch given to the model.
@@ -219,38 +184,42 @@ def equivariance_deviation(
         An :class:`EquivarianceResult`; ``result.output`` and ``result.layers`` are the mean deviations.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
     if metric not in METRICS:
         close = difflib.get_close_matches(str(metric), METRICS, n=1)
-        raise ValueError(
+        raise ArgumentError(
             f"metric must be one of {METRICS}, got {metric!r}."
             + (f" Did you mean {close[0]!r}?" if close else "")
         )
     if images.ndim != 4:
-        raise ValueError(f"images must have shape (P, C, H, W), got {tuple(images.shape)}")
+        raise ArgumentError(f"images must have shape (P, C, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError("images must be a float tensor with values in [0, 1]")
     transform = get_transform(transform)
-    names = resolve_layers(model, layers)
+    if layers is not None and not isinstance(model, nn.Module):
+        raise ArgumentError("layers can only be captured from a torch.nn.Module")
+    names = [] if layers is None else resolve_layers(model, layers)
     if metric == "kl" and names:
-        raise ValueError(
+        raise ArgumentError(
             "metric='kl' compares class probabilities: it applies to the output only (layers=None)"
         )
     p, channels, height, width = images.shape
     if p < 1:
-        raise ValueError("no images")
+        raise ArgumentError("no images")
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise ArgumentError("batch_size must be >= 1")
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
         device = param.device if param is not None else images.device
     device = torch.device(device)
     indices = torch.arange(p) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
     if indices.shape != (p,):
-        raise ValueError(f"indices must have shape ({p},), got {tuple(indices.shape)}")
+        raise ArgumentError(f"indices must have shape ({p},), got {tuple(indices.shape)}")
     size = (height, width)
     order = transform.order(size)
-    count = num_samples if num_samples is not None or order is not None else DEFAULT_SAMPLES
+    count = num_samples
+    if count is None and (order is None or order > DEFAULT_SAMPLES):
+        count = DEFAULT_SAMPLES
     elements = transform.elements(size, count, seed=seed, indices=indices)
     g_count = elements.shape[0]
     normalize = _as_normalize(mean, std, device, channels)
@@ -272,7 +241,7 @@ def equivariance_deviation(
             reps = {OUTPUT: logits, **{n: store[n] for n in names if n in store}}
             missing = [n for n in names if n not in store]
             if missing:
-                raise ValueError(f"modules {missing} did not run in the forward pass")
+                raise ArgumentError(f"modules {missing} did not run in the forward pass")
             for name, rep in reps.items():
                 pieces.setdefault(name, []).append(rep.detach().float())
         return {k: torch.cat(v) for k, v in pieces.items()}

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from hubstab.errors import ArgumentError
 from hubstab.perturbations.diffeo import (
     INTERPOLATIONS,
     apply_coefficients,
@@ -42,7 +43,7 @@ Size = tuple[int, int]
 
 def _check_images(images: torch.Tensor) -> None:
     if images.ndim != 4:
-        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        raise ArgumentError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
 
 
 def _per_image(params: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _per_image(params: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
     if params.ndim == 1:
         params = params.unsqueeze(0).expand(batch, -1)
     if params.shape != (batch, dim):
-        raise ValueError(
+        raise ArgumentError(
             f"element parameters must have shape ({dim},) or ({batch}, {dim}), got {tuple(params.shape)}"
         )
     return params
@@ -91,7 +92,7 @@ class Transform(ABC):
 
     def enumerate(self, size: Size) -> torch.Tensor:
         """All elements of a finite group, (order, p); the identity first."""
-        raise ValueError(f"{self.name!r} is not a finite group: sample its elements with num_samples")
+        raise ArgumentError(f"{self.name!r} is not a finite group: sample its elements with num_samples")
 
     def sample(self, num: int, size: Size, generator: torch.Generator) -> torch.Tensor:
         """``num`` elements drawn with ``generator`` (uniformly from a finite group, without replacement)."""
@@ -99,7 +100,9 @@ class Transform(ABC):
         if order is None:
             raise NotImplementedError
         if num > order:
-            raise ValueError(f"cannot sample {num} distinct elements of {self.name!r}: its order is {order}")
+            raise ArgumentError(
+                f"cannot sample {num} distinct elements of {self.name!r}: its order is {order}"
+            )
         return self.enumerate(size)[torch.randperm(order, generator=generator)[:num]]
 
     def elements(
@@ -122,11 +125,11 @@ class Transform(ABC):
             (G, p) elements shared by all images, or (G, B, p) per image when ``per_image``.
         """
         if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) < 1):
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+            raise ArgumentError(f"num_samples must be a positive integer, got {num_samples!r}")
         order = self.order(size)
         if num_samples is None:
             if order is None:
-                raise ValueError(f"{self.name!r} is sampled: give num_samples (e.g. 32)")
+                raise ArgumentError(f"{self.name!r} is sampled: give num_samples (e.g. 32)")
             return self.enumerate(size)
         if order is not None and int(num_samples) >= order:
             return self.enumerate(size)
@@ -147,7 +150,7 @@ class Transform(ABC):
         """Apply the element to a spatial representation (B, C, h, w) of H x W inputs."""
         error = self.action_error(params, input_size, tuple(rep.shape))
         if error is not None:
-            raise ValueError(error)
+            raise ArgumentError(error)
         return self._act(rep, params, input_size)
 
     def _act(self, rep: torch.Tensor, params: torch.Tensor, input_size: Size) -> torch.Tensor:
@@ -173,7 +176,7 @@ class Rotation90(Transform):
 
     def __init__(self, n: int = 4):
         if n not in (2, 4):
-            raise ValueError(
+            raise ArgumentError(
                 f"rotation90 supports n=4 (C4) or n=2 (C2), got {n!r}; use 'rotation' with n=... otherwise"
             )
         self.n = n
@@ -193,7 +196,7 @@ class Rotation90(Transform):
         def rot(x, row):
             k = round(float(row[0])) % 4
             if k % 2 and h != w:
-                raise ValueError(f"a 90-degree rotation of a {h} x {w} image changes its shape: use n=2")
+                raise ArgumentError(f"a 90-degree rotation of a {h} x {w} image changes its shape: use n=2")
             return torch.rot90(x, k, dims=(-2, -1))
 
         return _apply_grouped(images, params, rot)
@@ -226,11 +229,11 @@ class Rotation(Transform):
 
     def __init__(self, n: int | None = None, max_angle: float = 180.0, padding: str = "zeros"):
         if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
-            raise ValueError(f"n must be a positive integer (C_n), got {n!r}")
+            raise ArgumentError(f"n must be a positive integer (C_n), got {n!r}")
         if not 0 < max_angle <= 180:
-            raise ValueError(f"max_angle must be in (0, 180] degrees, got {max_angle!r}")
+            raise ArgumentError(f"max_angle must be in (0, 180] degrees, got {max_angle!r}")
         if padding not in ("zeros", "border", "reflection"):
-            raise ValueError(f"padding must be 'zeros', 'border' or 'reflection', got {padding!r}")
+            raise ArgumentError(f"padding must be 'zeros', 'border' or 'reflection', got {padding!r}")
         self.n = None if n is None else int(n)
         self.max_angle = float(max_angle)
         self.padding = padding
@@ -294,9 +297,9 @@ class Translation(Transform):
 
     def __init__(self, step: int = 1, axes: str = "both"):
         if isinstance(step, bool) or int(step) != step or step < 1:
-            raise ValueError(f"step must be a positive integer number of pixels, got {step!r}")
+            raise ArgumentError(f"step must be a positive integer number of pixels, got {step!r}")
         if axes not in ("both", "horizontal", "vertical"):
-            raise ValueError(f"axes must be 'both', 'horizontal' or 'vertical', got {axes!r}")
+            raise ArgumentError(f"axes must be 'both', 'horizontal' or 'vertical', got {axes!r}")
         self.step = int(step)
         self.axes = axes
 
@@ -362,7 +365,7 @@ class Flip(Transform):
 
     def __init__(self, axis: str = "horizontal"):
         if axis not in ("horizontal", "vertical", "both"):
-            raise ValueError(f"axis must be 'horizontal', 'vertical' or 'both', got {axis!r}")
+            raise ArgumentError(f"axis must be 'horizontal', 'vertical' or 'both', got {axis!r}")
         self.axis = axis
 
     def order(self, size: Size) -> int:
@@ -412,11 +415,11 @@ class Diffeo(Transform):
         interp: str = "linear",
     ):
         if interp not in INTERPOLATIONS:
-            raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {interp!r}")
+            raise ArgumentError(f"interp must be one of {INTERPOLATIONS}, got {interp!r}")
         if temperature is None and delta is None:
-            raise ValueError("give delta (typical displacement in pixels) or temperature")
+            raise ArgumentError("give delta (typical displacement in pixels) or temperature")
         if (temperature is not None and temperature < 0) or (delta is not None and delta < 0):
-            raise ValueError("delta and temperature must be >= 0")
+            raise ArgumentError("delta and temperature must be >= 0")
         self.delta = None if temperature is not None else float(delta)
         self.temperature_ = None if temperature is None else float(temperature)
         self.cut = int(cut)
@@ -431,11 +434,11 @@ class Diffeo(Transform):
 
     def elements(self, size, num_samples=None, *, seed=0, indices=None):
         if num_samples is None or isinstance(num_samples, bool) or int(num_samples) < 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"diffeo is sampled: give num_samples as a positive integer, got {num_samples!r}"
             )
         if indices is None:
-            raise ValueError("diffeo draws a field per image: give the images' global indices")
+            raise ArgumentError("diffeo draws a field per image: give the images' global indices")
         indices = torch.as_tensor(indices, dtype=torch.int64)
         t = self.temperature(size)
         draws = [
@@ -508,26 +511,29 @@ def get_transform(name: str | Transform, **kwargs: Any) -> Transform:
     """
     if isinstance(name, Transform):
         if kwargs:
-            raise ValueError("give parameters either to the Transform or to get_transform, not both")
+            raise ArgumentError("give parameters either to the Transform or to get_transform, not both")
         return name
     if not isinstance(name, str):
         raise TypeError(f"a transformation is a name or a Transform, got {type(name).__name__}")
-    key, _, spec = name.partition(":")
+    text = name.strip()
+    if text.endswith(")") and "(" in text:  # "translation(step=4)", the same as "translation:step=4"
+        text = text[:-1].replace("(", ":", 1)
+    key, _, spec = text.partition(":")
     key = key.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in TRANSFORMS:
         close = difflib.get_close_matches(key, [*TRANSFORMS, *_ALIASES], n=1)
         hint = f" Did you mean {_ALIASES.get(close[0], close[0])!r}?" if close else ""
-        raise ValueError(f"unknown transformation {name!r}; choose one of {sorted(TRANSFORMS)}.{hint}")
+        raise ArgumentError(f"unknown transformation {name!r}; choose one of {sorted(TRANSFORMS)}.{hint}")
     params: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         k, eq, v = item.partition("=")
         if not eq:
-            raise ValueError(f"transformation parameters look like 'name:key=value,...', got {name!r}")
+            raise ArgumentError(f"transformation parameters look like 'name(key=value,...)', got {name!r}")
         params[k.strip()] = _parse_value(v)
     params.update(kwargs)
     cls = TRANSFORMS[key]
     try:
         return cls(**params)
     except TypeError as exc:
-        raise ValueError(f"bad parameters for {key!r}: {exc}") from None
+        raise ArgumentError(f"bad parameters for {key!r}: {exc}") from None
