@@ -1,0 +1,254 @@
+"""Charts of the leaderboard (Vega-Lite through Altair, shown by ``gr.Plot`` with hover tooltips).
+
+All text in the charts (model names included) is drawn by Vega as text, never as HTML.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import columns as C
+import numpy as np
+import pandas as pd
+import reading
+from fitting import RankCorrelation, SqrtLawFit, fit_sqrt_law, spearman
+
+HUBSTAB_ERROR = "hubstab test error (probe images)"
+TIMM_REFERENCE_ERROR = "ImageNet top-1 error (timm, published)"
+ERROR_SOURCES: dict[str, str] = {HUBSTAB_ERROR: reading.ERROR, TIMM_REFERENCE_ERROR: reading.TIMM_ERROR}
+
+WIDTH, HEIGHT = 620, 420
+
+
+@dataclass
+class LawPlot:
+    """The error-vs-stability chart with the numbers it shows.
+
+    Attributes:
+        chart: the Altair chart (None when no model has both R_f and an error).
+        fit: fit of eps = a sqrt(R_f) over the plotted models.
+        correlation: Spearman's rho of R_f and the error over the plotted models.
+        dataset, protocol: the group plotted (one point per model within it).
+        note: what was plotted, or why nothing was.
+    """
+
+    chart: alt.Chart | alt.LayerChart | None
+    fit: SqrtLawFit
+    correlation: RankCorrelation
+    dataset: str | None
+    protocol: str | None
+    note: str
+
+
+def _largest_group(frame: pd.DataFrame) -> tuple[str, str] | None:
+    if frame.empty:
+        return None
+    sizes = frame.groupby([C.DATASET, C.PROTOCOL]).size().sort_values(ascending=False, kind="mergesort")
+    return sizes.index[0]
+
+
+def law_plot(frame: pd.DataFrame, error_source: str = HUBSTAB_ERROR) -> LawPlot:
+    """Test error against R_f, log-log, one point per model, with the fitted law eps = a sqrt(R_f).
+
+    Args:
+        frame: rows of :func:`reading.records_to_frame` (already filtered). When they span several
+            (dataset, protocol) groups, the group with the most rows is plotted.
+        error_source: :data:`HUBSTAB_ERROR` or :data:`TIMM_REFERENCE_ERROR`.
+    """
+    error_column = ERROR_SOURCES.get(error_source)
+    if error_column is None:
+        raise ValueError(f"error_source must be one of {list(ERROR_SOURCES)}, got {error_source!r}")
+    group = _largest_group(frame)
+    if group is None:
+        empty_fit = fit_sqrt_law([], [])
+        return LawPlot(None, empty_fit, spearman([], []), None, None, "no results match the filters")
+    dataset, protocol = group
+    rows = frame[(frame[C.DATASET] == dataset) & (frame[C.PROTOCOL] == protocol)]
+    groups = frame.groupby([C.DATASET, C.PROTOCOL]).ngroups
+    data = pd.DataFrame(
+        {
+            "model": rows[C.MODEL].astype(str),
+            "family": rows[C.FAMILY].astype(str),
+            "R_f": rows[C.R_F].astype(float),
+            "ci_low": rows[reading.CI_LOW].astype(float),
+            "ci_high": rows[reading.CI_HIGH].astype(float),
+            "D_f": rows[C.D_F].astype(float),
+            "G_f": rows[C.G_F].astype(float),
+            "error": rows[error_column].astype(float),
+            "images": rows[C.IMAGES],
+        }
+    )
+    fit = fit_sqrt_law(data["R_f"], data["error"])
+    corr = spearman(data["R_f"], data["error"])
+    note = f"{dataset}, {protocol}: {len(data)} model(s)"
+    if groups > 1:
+        note += f" (the largest of {groups} dataset/protocol groups; narrow the filters to pick another)"
+    plotted = data[(data["R_f"] > 0) & (data["error"] > 0)].dropna(subset=["R_f", "error"])
+    if plotted.empty:
+        return LawPlot(None, fit, corr, dataset, protocol, note + "; none has both R_f > 0 and an error > 0")
+    title = alt.TitleParams(
+        f"{error_source} vs relative stability",
+        subtitle=[fit.describe(), corr.describe()],
+        anchor="start",
+    )
+    r_low = float(np.nanmin([plotted["R_f"].min(), plotted["ci_low"][plotted["ci_low"] > 0].min()]))
+    r_high = float(np.nanmax([plotted["R_f"].max(), plotted["ci_high"].max()]))
+    x_scale = alt.Scale(type="log", domain=[r_low / 1.5, r_high * 1.5], nice=False)
+    y_scale = alt.Scale(type="log", domain=[float(plotted["error"].min()) / 1.5, 1.0], nice=False)
+    x = alt.X("R_f:Q", scale=x_scale, title="relative stability R_f = D_f / G_f (log)")
+    y = alt.Y("error:Q", scale=y_scale, title=f"{error_source} (log)", axis=alt.Axis(format="%"))
+    tooltip = [
+        alt.Tooltip("model:N", title="model"),
+        alt.Tooltip("family:N", title="family"),
+        alt.Tooltip("R_f:Q", format=".3g"),
+        alt.Tooltip("ci_low:Q", format=".3g", title="R_f interval low"),
+        alt.Tooltip("ci_high:Q", format=".3g", title="R_f interval high"),
+        alt.Tooltip("D_f:Q", format=".3g"),
+        alt.Tooltip("G_f:Q", format=".3g"),
+        alt.Tooltip("error:Q", format=".2%", title="error"),
+        alt.Tooltip("images:Q", title="probe images"),
+    ]
+    base = alt.Chart(plotted)
+    layers: list[Any] = []
+    intervals = plotted.dropna(subset=["ci_low", "ci_high"])
+    intervals = intervals[intervals["ci_low"] > 0]
+    if not intervals.empty:
+        layers.append(
+            alt.Chart(intervals)
+            .mark_rule(opacity=0.5, clip=True)
+            .encode(x=alt.X("ci_low:Q", scale=x_scale), x2="ci_high:Q", y=y, color="family:N")
+        )
+    if math.isfinite(fit.a):
+        grid = np.geomspace(r_low / 1.5, r_high * 1.5, 60)
+        se = fit.a_se if math.isfinite(fit.a_se) else 0.0
+        line = pd.DataFrame(
+            {
+                "R_f": grid,
+                "error": fit.predict(grid),
+                "low": np.maximum(fit.a - se, 1e-12) * np.sqrt(grid),
+                "high": (fit.a + se) * np.sqrt(grid),
+            }
+        )
+        law = alt.Chart(line)
+        if se > 0:
+            layers.append(
+                law.mark_area(opacity=0.15, color="gray", clip=True).encode(
+                    x=x, y=alt.Y("low:Q", scale=y_scale), y2="high:Q"
+                )
+            )
+        layers.append(law.mark_line(color="black", strokeDash=[6, 4], clip=True).encode(x=x, y=y))
+    layers.append(
+        base.mark_circle(size=90, opacity=0.9).encode(
+            x=x, y=y, color=alt.Color("family:N", title="family"), tooltip=tooltip
+        )
+    )
+    chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title=title)
+    return LawPlot(chart, fit, corr, dataset, protocol, note)
+
+
+def sweep_chart(record: dict[str, Any]) -> alt.LayerChart | None:
+    """R_f, D_f and G_f against the temperature T of the diffeos (log-log); None without a sweep."""
+    sweep = record["results"].get("sweep") or []
+    if len(sweep) < 2:
+        return None
+    rows = []
+    for point in sweep:
+        ci = point.get("relative_stability_ci") or [None, None]
+        for quantity, key in (
+            ("R_f", "relative_stability"),
+            ("D_f", "diffeo_stability"),
+            ("G_f", "noise_stability"),
+        ):
+            value = point[key]
+            rows.append(
+                {
+                    "T": point["temperature"],
+                    "delta (px)": point.get("delta"),
+                    "quantity": quantity,
+                    "value": value,
+                    "low": ci[0] if quantity == "R_f" else None,
+                    "high": ci[1] if quantity == "R_f" else None,
+                }
+            )
+    data = pd.DataFrame(rows).dropna(subset=["value"])
+    data = data[data["value"] > 0]
+    if data.empty:
+        return None
+    x = alt.X("T:Q", scale=alt.Scale(type="log"), title="temperature T of the diffeomorphisms (log)")
+    y = alt.Y("value:Q", scale=alt.Scale(type="log"), title="stability (log)")
+    tooltip = [
+        "quantity:N",
+        alt.Tooltip("T:Q", format=".3g"),
+        alt.Tooltip("delta (px):Q", format=".3g"),
+        alt.Tooltip("value:Q", format=".3g"),
+    ]
+    lines = alt.Chart(data).mark_line(point=True).encode(x=x, y=y, color="quantity:N", tooltip=tooltip)
+    band_data = data[(data["quantity"] == "R_f") & data["low"].notna() & (data["low"] > 0)]
+    layers: list[Any] = []
+    if not band_data.empty:
+        layers.append(
+            alt.Chart(band_data)
+            .mark_area(opacity=0.2)
+            .encode(x=x, y=alt.Y("low:Q", scale=alt.Scale(type="log")), y2="high:Q")
+        )
+    layers.append(lines)
+    head = pd.DataFrame({"T": [record["config"]["protocol"]["temperature"]]})
+    layers.append(alt.Chart(head).mark_rule(strokeDash=[4, 4], color="gray").encode(x="T:Q"))
+    return alt.layer(*layers).properties(
+        width=WIDTH,
+        height=320,
+        title=f"{record['config']['model_name']}: stabilities against T (dashed: protocol T)",
+    )
+
+
+def layers_chart(record: dict[str, Any]) -> alt.Chart | None:
+    """D_k, G_k and R_k of each measured layer (in network order) at the protocol temperature."""
+    layers = record["results"].get("layers") or {}
+    if not layers:
+        return None
+    t0 = record["config"]["protocol"]["temperature"]
+    rows = []
+    for order, (name, layer) in enumerate(layers.items()):
+        temps = layer["temperatures"]
+        if not temps:
+            continue
+        i = min(range(len(temps)), key=lambda k: abs(math.log(temps[k]) - math.log(t0)))
+        for quantity, key in (
+            ("R", "relative_stability"),
+            ("D", "diffeo_stability"),
+            ("G", "noise_stability"),
+        ):
+            rows.append(
+                {"layer": name, "order": order, "quantity": quantity, "value": layer[key][i], "T": temps[i]}
+            )
+    res = record["results"]
+    for quantity, key in (("R", "relative_stability"), ("D", "diffeo_stability"), ("G", "noise_stability")):
+        rows.append(
+            {"layer": "output", "order": len(layers), "quantity": quantity, "value": res[key], "T": t0}
+        )
+    data = pd.DataFrame(rows).dropna(subset=["value"])
+    data = data[data["value"] > 0]
+    if data.empty:
+        return None
+    order = list(dict.fromkeys(data.sort_values("order")["layer"]))
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:N", sort=order, title="layer (input to output)"),
+            y=alt.Y(
+                "value:Q", scale=alt.Scale(type="log"), title="stability of the layer's representation (log)"
+            ),
+            color=alt.Color("quantity:N", title="D, G or R"),
+            tooltip=[
+                "layer:N",
+                "quantity:N",
+                alt.Tooltip("value:Q", format=".3g"),
+                alt.Tooltip("T:Q", format=".3g"),
+            ],
+        )
+        .properties(width=WIDTH, height=320, title=f"{record['config']['model_name']}: per-layer stabilities")
+    )

@@ -1,0 +1,410 @@
+"""The leaderboard's data layer: reading results, ranking, filters, the reference error, the fitted law."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from _leaderboard_records import (
+    LEADERBOARD_DIR,
+    leaderboard_on_path,
+    measure,
+    mlp,
+    quick_linear,
+    random_cnn,
+    write_records,
+)
+
+from hubstab.errors import HubstabError
+
+leaderboard_on_path()
+
+import columns as C  # noqa: E402
+import fitting  # noqa: E402
+import plots  # noqa: E402
+import reading  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    """Real measurements on Fashion-MNIST: a quickly trained linear model and random-init networks."""
+    return [
+        measure(quick_linear(), "fmnist/linear-trained", pretrained=True, sweep=True, adapter="torch"),
+        measure(random_cnn(1), "fmnist/smallcnn-init-seed1", pretrained=False, layers=True),
+        measure(random_cnn(2), "fmnist/smallcnn-init-seed2", pretrained=False),
+        measure(mlp(3), "fmnist/mlp-init-seed3", pretrained=False, adapter="custom"),
+    ]
+
+
+def _timm_rows() -> dict[str, list[tuple[int, float]]]:
+    rows: dict[str, list[tuple[int, float]]] = {}
+    with open(reading.TIMM_RESULTS_CSV, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.setdefault(row["model"], []).append((int(row["img_size"]), float(row["top1_err"])))
+    return rows
+
+
+def test_shipped_reference_keeps_its_source_note():
+    note = (LEADERBOARD_DIR / "data" / "SOURCE.md").read_text()
+    assert "pytorch-image-models" in note and "Apache-2.0" in note
+    assert len(_timm_rows()) > 1000
+
+
+def test_read_results_dir_skips_and_reports_bad_files(records, tmp_path):
+    paths = write_records(tmp_path, records)
+    assert len({p.parent for p in paths}) == len(records)  # one folder per model, as hubstab eval writes
+    (paths[0].parent / "broken.json").write_text('{"schema_version": 1,')
+    nan_string = copy.deepcopy(records[1])
+    nan_string["results"]["relative_stability"] = "NaN"
+    (tmp_path / "nan.json").write_text(json.dumps(nan_string))
+    (tmp_path / "big.json").write_text(json.dumps(records[2]) + " " * 3000)
+    (tmp_path / "x.samples.json").write_text(json.dumps({"run_id": records[0]["run_id"], "index": [0, 1]}))
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "skip.json").write_text("not read")
+
+    size = max(len(p.read_text()) for p in paths) + 100
+    loaded = reading.read_results_dir(tmp_path, max_bytes=size)
+    assert sorted(r["run_id"] for r in loaded.records) == sorted(r["run_id"] for r in records)
+    problems = {p.path.rsplit("/", 1)[-1]: p.message for p in loaded.problems}
+    assert set(problems) == {"broken.json", "nan.json", "big.json"}
+    assert "not valid JSON" in problems["broken.json"]
+    assert "results.relative_stability: must be a number, got the string 'NaN'" in problems["nan.json"]
+    assert "more than the limit" in problems["big.json"]
+    assert "3 file(s) skipped" in loaded.summary()
+
+
+def test_table_ranks_by_relative_stability(records):
+    frame = reading.records_to_frame(records)
+    measured = sorted(r["results"]["relative_stability"] for r in records)
+    assert frame[C.R_F].tolist() == measured
+    assert frame[C.RANK].tolist() == [1, 2, 3, 4]
+    assert (
+        frame[C.MODEL].iloc[0]
+        == min(records, key=lambda r: r["results"]["relative_stability"])["config"]["model_name"]
+    )
+    row = frame[frame[C.MODEL] == "fmnist/linear-trained"].iloc[0]
+    rec = records[0]
+    assert row[C.TEST_ERROR] == pytest.approx(100 * rec["results"]["test_error"])
+    assert (
+        row[C.D_F] == rec["results"]["diffeo_stability"] and row[C.G_F] == rec["results"]["noise_stability"]
+    )
+    assert row[C.IMAGES] == 64 and row[C.INPUT_SIZE] == "28x28"
+    assert row[C.PARAMETERS] == pytest.approx(7850 / 1e6)
+    assert row[C.PROTOCOL] == "delta=1px cut=3 linear mean"
+    assert row[C.DATASET] == "fashion_mnist [test]"
+    lo, hi = rec["results"]["relative_stability_ci"]
+    assert row[C.R_F_INTERVAL] == f"{lo:.3g} - {hi:.3g} (95%)"
+    assert C.INVARIANCE not in frame  # optional columns only when a record has the metric
+
+
+def test_rank_counts_within_dataset_and_protocol_and_missing_last(records):
+    other = measure(random_cnn(4), "fmnist/smallcnn-init-seed4", pretrained=False, num_images=32, bootstrap=0)
+    other["config"]["split"] = "validation"  # a different group: ranked on its own
+    missing = copy.deepcopy(records[2])
+    missing["config"]["model_name"] = "fmnist/no-r"
+    missing["results"]["relative_stability"] = None
+    frame = reading.records_to_frame([*records, other, missing])
+    assert math.isnan(frame[C.R_F].iloc[-1]) and frame[C.MODEL].iloc[-1] == "fmnist/no-r"
+    assert frame[C.RANK].isna().iloc[-1]
+    in_other = frame[frame[C.DATASET] == "fashion_mnist [validation]"]
+    assert in_other[C.RANK].tolist() == [1] and in_other[C.R_F_INTERVAL].tolist() == ["n/a"]
+    main = frame[frame[C.DATASET] == "fashion_mnist [test]"].dropna(subset=[C.R_F])
+    assert main[C.RANK].tolist() == [1, 2, 3, 4]
+
+
+def test_newest_run_wins_by_created_at_not_file_name(tmp_path):
+    # two real runs of the same model, dataset and protocol (different seeds: different R_f)
+    old = measure(random_cnn(5), "fmnist/cnn", pretrained=False, num_images=32)
+    new = copy.deepcopy(old)
+    from conftest import load_fashion_mnist
+
+    from hubstab import relative_stability
+    from hubstab.results.record import build_record
+
+    images, labels = load_fashion_mnist("t10k", 32)
+    result = relative_stability(random_cnn(5), images, labels, seed=11, bootstrap=50)
+    new = build_record(result, old["config"])
+    assert new["run_id"] != old["run_id"] and reading.record_key(new) == reading.record_key(old)
+    assert new["results"]["relative_stability"] != old["results"]["relative_stability"]
+    old["created_at"] = "2026-01-02T00:00:00+00:00"
+    new["created_at"] = "2026-01-01T23:00:00-02:00"  # one hour later than `old`, in another time zone
+    # file names that sort the other way round
+    (tmp_path / "a_new.json").write_text(json.dumps(old))
+    (tmp_path / "z_old.json").write_text(json.dumps(new))
+    loaded = reading.read_results_dir(tmp_path)
+    kept, dropped = reading.latest_records(loaded.records)
+    assert dropped == 1 and [r["run_id"] for r in kept] == [new["run_id"]]
+    frame = reading.records_to_frame(kept)
+    assert frame[C.R_F].tolist() == [new["results"]["relative_stability"]]
+    assert frame[C.DATE].tolist() == ["2026-01-02 01:00"]
+
+
+def test_filters(records):
+    frame = reading.records_to_frame(records)
+    assert len(reading.filter_frame(frame)) == 4
+    cnn = reading.filter_frame(frame, search="SmallCNN")
+    assert sorted(cnn[C.MODEL]) == ["fmnist/smallcnn-init-seed1", "fmnist/smallcnn-init-seed2"]
+    either = reading.filter_frame(frame, search="mlp; linear")
+    assert sorted(either[C.MODEL]) == ["fmnist/linear-trained", "fmnist/mlp-init-seed3"]
+    assert reading.filter_frame(frame, search="(.*").empty  # plain text, not a regular expression
+    assert len(reading.filter_frame(frame, families=["smallcnn"])) == 2
+    assert reading.filter_frame(frame, adapters=["custom"])[C.MODEL].tolist() == ["fmnist/mlp-init-seed3"]
+    assert reading.filter_frame(frame, datasets=["imagenet"]).empty
+    assert len(reading.filter_frame(frame, protocols=["delta=1px cut=3 linear mean"])) == 4
+    both = reading.filter_frame(frame, families=["smallcnn"], search="seed2")
+    assert both[C.MODEL].tolist() == ["fmnist/smallcnn-init-seed2"]
+    assert reading.choices(frame, C.FAMILY) == ["linear", "mlp", "smallcnn"]
+
+
+def test_display_frame_keeps_order_and_chosen_columns(records):
+    frame = reading.records_to_frame(records)
+    shown = reading.display_frame(frame, [C.TEST_ERROR, C.RUN_ID])
+    assert list(shown.columns) == [C.RANK, C.MODEL, C.R_F, C.TEST_ERROR, C.RUN_ID]
+    assert shown[C.MODEL].tolist() == frame[C.MODEL].tolist()
+    assert shown[C.R_F].tolist() == [float(f"{r:.3g}") for r in frame[C.R_F]]
+    assert list(reading.display_frame(frame).columns) == [c for c in C.DEFAULT_COLUMNS if c in frame]
+
+
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("resnet50", "resnet"),
+        ("timm/resnet50.a1_in1k", "resnet"),
+        ("hf-hub:timm/vit_base_patch16_224.augreg_in21k", "vit"),
+        ("deit_small_patch16_224", "deit"),
+        ("convnext_tiny.fb_in1k", "convnext"),
+        ("tf_efficientnet_lite0", "efficientnet"),
+        ("efficientnetv2_rw_s", "efficientnet"),
+        ("mobilenetv3_large_100", "mobilenet"),
+        ("wide_resnet50_2", "resnet"),
+        ("google/vit-base-patch16-224", "vit"),
+        ("microsoft/resnet-50", "resnet"),
+        ("facebook/convnext-tiny-224@main", "convnext"),
+        ("123", "other"),
+    ],
+)
+def test_model_family(name, family):
+    assert reading.model_family(name) == family
+
+
+def test_reference_error_from_timm_results():
+    ref = reading.ReferenceErrors.from_csv()
+    rows = _timm_rows()
+    two_sizes = next(m for m, r in rows.items() if len({s for s, _ in r}) == 2)
+    (s1, e1), (s2, e2) = sorted(rows[two_sizes])
+    assert ref.lookup(two_sizes, s1) == e1 and ref.lookup(two_sizes, s2) == e2
+    assert ref.lookup(f"hf-hub:timm/{two_sizes}", s2 + 10) == e2  # prefixes stripped, nearest size
+    assert ref.lookup(f"timm/{two_sizes}@main", s1) == e1
+    # an architecture without a tag resolves to timm's default pretrained tag
+    import timm.models
+
+    tag = timm.models.get_pretrained_cfg("tf_efficientnet_lite0").tag
+    assert ref.lookup("tf_efficientnet_lite0", 224) == rows[f"tf_efficientnet_lite0.{tag}"][0][1]
+    assert ref.lookup("not_a_model_xyz", 224) is None
+    assert ref.lookup("google/vit-base-patch16-224", 224) is None
+
+
+def test_reference_error_only_for_pretrained_rows(records):
+    name = next(iter(_timm_rows()))
+    trained, untrained = copy.deepcopy(records[1]), copy.deepcopy(records[2])
+    for rec, flag in ((trained, True), (untrained, False)):
+        rec["config"]["model_name"] = name
+        rec["config"]["pretrained"] = flag
+        rec["config"]["dataset"] = f"d{flag}"
+    frame = reading.records_to_frame([trained, untrained], reading.default_reference())
+    by_pretrained = dict(zip(frame[C.PRETRAINED], frame[C.TIMM_ERROR], strict=True))
+    assert by_pretrained["yes"] == reading.default_reference().lookup(name, 28)
+    assert math.isnan(by_pretrained["no"])
+
+
+def test_fit_recovers_the_law_on_synthetic_data():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    r = np.exp(rng.uniform(np.log(0.01), np.log(3.0), 40))
+    a_true = 0.2
+    eps = a_true * np.sqrt(r) * np.exp(rng.normal(0, 0.2, r.size))
+    fit = fitting.fit_sqrt_law(r, eps)
+    assert fit.n == 40 and fit.excluded == 0
+    assert abs(fit.a - a_true) < 4 * fit.a_se and 0 < fit.a_se < 0.02
+    ref = stats.linregress(np.log(r), np.log(eps))
+    assert fit.slope == pytest.approx(ref.slope, rel=1e-10)
+    assert fit.slope_se == pytest.approx(ref.stderr, rel=1e-10)
+    assert abs(fit.slope - 0.5) < 4 * fit.slope_se
+    exact = fitting.fit_sqrt_law(r, 0.3 * np.sqrt(r))
+    assert exact.a == pytest.approx(0.3, rel=1e-12) and exact.a_se < 1e-12
+    assert exact.predict(4.0) == pytest.approx(0.6)
+
+
+def test_fit_edge_cases():
+    none = fitting.fit_sqrt_law([0.5, float("nan")], [0.0, 0.2])
+    assert none.n == 0 and none.excluded == 2 and math.isnan(none.a)
+    assert "nothing to fit" in none.describe()
+    one = fitting.fit_sqrt_law([0.25], [0.1])
+    assert one.a == pytest.approx(0.2) and math.isnan(one.a_se) and math.isnan(one.slope)
+    with pytest.raises(ValueError, match="equal length"):
+        fitting.fit_sqrt_law([1.0, 2.0], [0.1])
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 6, 30).astype(float)
+    y = x + rng.integers(0, 4, 30)
+    y[3] = np.nan
+    got = fitting.spearman(x, y)
+    keep = ~np.isnan(y)
+    assert got.n == 29
+    assert got.rho == pytest.approx(stats.spearmanr(x[keep], y[keep]).statistic, rel=1e-12)
+    assert fitting.spearman([1, 2, 3], [3, 2, 1]).rho == pytest.approx(-1.0)
+    assert math.isnan(fitting.spearman([1, 2], [1, 2]).rho)
+    assert math.isnan(fitting.spearman([1, 1, 1], [1, 2, 3]).rho)
+
+
+def test_law_plot_over_measured_models(records):
+    frame = reading.records_to_frame(records)
+    law = plots.law_plot(frame, plots.HUBSTAB_ERROR)
+    errors = [r["results"]["test_error"] for r in records]
+    expected = fitting.fit_sqrt_law([r["results"]["relative_stability"] for r in records], errors)
+    assert law.fit.n == expected.n == 4
+    assert (law.fit.a, law.fit.a_se, law.fit.slope) == pytest.approx(
+        (expected.a, expected.a_se, expected.slope)
+    )
+    assert law.correlation.n == 4
+    spec = law.chart.to_dict()
+    points = [layer for layer in spec["layer"] if layer["mark"]["type"] == "circle"]
+    assert len(points) == 1
+    data = spec["datasets"][points[0]["data"]["name"]]
+    assert sorted(d["model"] for d in data) == sorted(r["config"]["model_name"] for r in records)
+    assert points[0]["encoding"]["x"]["scale"]["type"] == "log"
+    assert points[0]["encoding"]["y"]["scale"]["type"] == "log"
+    assert {t["field"] for t in points[0]["encoding"]["tooltip"]} >= {"model", "R_f", "error"}
+    assert any(layer["mark"]["type"] == "line" for layer in spec["layer"])  # the fitted law
+    assert f"a = {expected.a:.3g}" in json.dumps(spec["title"])
+    # no timm reference for these models: nothing to plot against it
+    ref_law = plots.law_plot(frame, plots.TIMM_REFERENCE_ERROR)
+    assert ref_law.chart is None and ref_law.fit.n == 0
+    assert plots.law_plot(frame.iloc[0:0]).chart is None
+
+
+def test_law_plot_picks_one_dataset_and_protocol(records):
+    other = copy.deepcopy(records[0])
+    other["config"]["dataset"] = "elsewhere"
+    frame = reading.records_to_frame([*records, other])
+    law = plots.law_plot(frame)
+    assert law.dataset == "fashion_mnist [test]" and law.fit.n == 4
+    assert "largest of 2" in law.note
+
+
+def test_detail_charts(records):
+    sweep = plots.sweep_chart(records[0])
+    assert sweep is not None
+    spec = sweep.to_dict()
+    data = max(spec["datasets"].values(), key=len)  # the lines (the other data: the R_f band, protocol T)
+    assert {d["quantity"] for d in data} == {"R_f", "D_f", "G_f"}
+    assert len(data) == 3 * len(records[0]["results"]["sweep"])
+    assert plots.sweep_chart(records[2]) is None  # a single temperature: no sweep
+    layers = plots.layers_chart(records[1])
+    layer_data = next(iter(layers.to_dict()["datasets"].values()))
+    assert [d["layer"] for d in layer_data if d["quantity"] == "R"] == [
+        "block1",
+        "block2",
+        "block3",
+        "output",
+    ]
+    assert plots.layers_chart(records[2]) is None
+
+
+def test_submission(records, tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(records[0]))
+    assert reading.accept_submission(str(good)) == records[0]
+    bad = copy.deepcopy(records[0])
+    bad["config"]["protocol"].pop("estimator")
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(HubstabError, match=r"config\.protocol\.estimator: is required"):
+        reading.accept_submission(str(tmp_path / "bad.json"))
+    with pytest.raises(HubstabError, match="no file"):
+        reading.accept_submission(None)
+    assert "R_f = " in reading.describe_record(records[0])
+
+
+def _hub_cache(root, repo_id: str, records: list[dict]):
+    """A dataset repo laid out as huggingface_hub caches it."""
+    org, name = repo_id.split("/")
+    repo = root / "hub" / f"datasets--{org}--{name}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    write_records(snapshot, records)
+    (snapshot / "README.md").write_text("results")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_hub_dataset_source_offline(records, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    _hub_cache(tmp_path, "hubstab-org/results", records[:3])
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # so the repo id is not mistaken for a local folder
+    loaded = reading.load_results("hubstab-org/results")
+    assert loaded.source == "hub dataset hubstab-org/results"
+    assert sorted(r["run_id"] for r in loaded.records) == sorted(r["run_id"] for r in records[:3])
+    assert loaded.problems == []
+    assert len(reading.load_hub_results("hubstab-org/results").records) == 3
+    with pytest.raises(HubstabError, match="cannot fetch the results dataset 'hubstab-org/missing'"):
+        reading.load_results("hubstab-org/missing")
+    with pytest.raises(HubstabError, match="not a hub dataset repo id"):
+        reading.load_hub_results(str(tmp_path))
+    with pytest.raises(HubstabError, match="neither an existing folder nor a hub dataset repo id"):
+        reading.load_results("no/such/folder")
+
+
+def test_cli_reports_a_bad_results_source(tmp_path, capsys):
+    from hubstab.cli import build_parser, main
+
+    args = build_parser().parse_args(["leaderboard", "--results", "x", "--port", "7999"])
+    assert (args.results, args.port, args.host, args.share) == ("x", 7999, "127.0.0.1", False)
+    assert main(["leaderboard", "--results", str(tmp_path / "a" / "b")]) == 2
+    assert "neither an existing folder nor a hub dataset repo id" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_timm_model_gets_its_published_error(efficientnet_lite0, imagenet_photos):
+    """EfficientNet-Lite0 with real ImageNet weights on 20 real photos: both errors side by side."""
+    from hubstab import relative_stability
+    from hubstab.results.record import build_record
+
+    images, labels, _ = imagenet_photos
+    result = relative_stability(
+        efficientnet_lite0, images, labels, mean=[0.5] * 3, std=[0.5] * 3, bootstrap=200, batch_size=30
+    )
+    config = {
+        "model_name": "tf_efficientnet_lite0",
+        "adapter": "timm",
+        "pretrained": True,
+        "num_parameters": sum(p.numel() for p in efficientnet_lite0.parameters()),
+        "dataset": "foolbox-imagenet-photos",
+    }
+    record = build_record(result, config)
+    frame = reading.records_to_frame([record], reading.default_reference())
+    row = frame.iloc[0]
+    rows = _timm_rows()
+    import timm.models
+
+    tag = timm.models.get_pretrained_cfg("tf_efficientnet_lite0").tag
+    assert row[C.TIMM_ERROR] == dict(rows[f"tf_efficientnet_lite0.{tag}"])[224]
+    assert row[C.TEST_ERROR] == pytest.approx(100 * result.test_error)
+    assert row[C.FAMILY] == "efficientnet" and row[C.INPUT_SIZE] == "224x224"
+    law = plots.law_plot(frame, plots.TIMM_REFERENCE_ERROR)
+    assert law.chart is not None and law.fit.n == 1
+    assert law.fit.a == pytest.approx(row[C.TIMM_ERROR] / 100 / math.sqrt(result.relative_stability))
