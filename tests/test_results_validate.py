@@ -36,7 +36,7 @@ def records() -> list[dict]:
     model = random_cnn(2)
     result.extra["equivariance"] = equivariance_deviation(model, images[:8], "rotation90").to_dict()
     result.extra["class_manifold"] = class_manifold_dimension(
-        model, images[:2], 3, dims=[1, 4, 16], repeats=1, steps=10
+        model, images[:2], 3, dims=[1, 4], repeats=1, steps=3
     ).to_dict()
     recs.append(build_record(result, {"model_name": "fmnist/cnn-c", "dataset": "fashion_mnist"}))
     return recs
