@@ -209,6 +209,16 @@ def test_leaderboard_in_chromium(served, tmp_path):
             names = [row[1] for row in page.evaluate(_ROWS_JS)]
             all_records = sorted([*records, new], key=lambda r: r["results"]["relative_stability"])
             assert names == [r["config"]["model_name"] for r in all_records]
+
+            # the run with markup in its name, in the details tab: still text
+            page.get_by_role("tab", name="Model details").click()
+            page.locator("#detail-run input").click()
+            page.get_by_role("option", name=MARKUP_NAME).first.click()
+            page.wait_for_function(
+                "name => document.body.innerText.includes(name + ' on fashion_mnist')", arg=MARKUP_NAME
+            )
+            assert page.locator("img[src='x']").count() == 0
+            assert page.evaluate("() => window.__xss") is None
         finally:
             context.close()
     assert dialogs == []

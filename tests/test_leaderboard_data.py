@@ -378,6 +378,18 @@ def test_cli_reports_a_bad_results_source(tmp_path, capsys):
     assert "neither an existing folder nor a hub dataset repo id" in capsys.readouterr().err
 
 
+def test_app_builds_over_an_empty_folder(tmp_path):
+    from hubstab.cli.leaderboard import load_app
+
+    app = load_app()
+    frame = reading.records_to_frame([])
+    assert frame.empty and list(reading.display_frame(frame).columns)[:3] == [C.RANK, C.MODEL, C.R_F]
+    assert plots.law_plot(frame).chart is None
+    board = app.Board(tmp_path)
+    assert board.loaded.records == [] and "0 valid results file(s)" in board.loaded.summary()
+    assert app.build_app(tmp_path) is not None
+
+
 @pytest.mark.slow
 def test_real_timm_model_gets_its_published_error(efficientnet_lite0, imagenet_photos):
     """EfficientNet-Lite0 with real ImageNet weights on 20 real photos: both errors side by side."""
