@@ -13,6 +13,7 @@ import torch
 from conftest import load_fashion_mnist
 
 import hubstab
+import hubstab.errors
 from hubstab.adapters import DataConfig
 from hubstab.results.validate import load_record
 from hubstab.runner import evaluate
@@ -236,3 +237,15 @@ def test_results_record_round_trips(trained_fmnist_cnn, fmnist_dataset, tmp_path
     back = result_from_record(load_record(path))
     assert back.relative_stability == pytest.approx(res.relative_stability)
     assert back.settings["temperature"] == pytest.approx(res.settings["temperature"])
+
+
+def test_other_metrics_go_into_the_results_file(trained_fmnist_cnn, fmnist_dataset, tmp_path):
+    res = evaluate(
+        trained_fmnist_cnn, fmnist_dataset, metrics=["equivariance:flip"], metric_images=16, **_kw(tmp_path)
+    )
+    record = load_record(res.extra["results_file"])
+    eq = record["results"]["equivariance"]
+    assert eq["transform"] == "flip" and eq["mode"] == "invariance" and eq["num_images"] == 16
+    assert eq["output"] > 0  # a CNN trained on upright clothes is not flip invariant
+    with pytest.raises(hubstab.errors.HubstabError, match="metric"):
+        evaluate(trained_fmnist_cnn, fmnist_dataset, metrics=["curvature"], **_kw(tmp_path))

@@ -164,12 +164,18 @@ def run_evaluation(
     device = acc.device
     world, rank = acc.num_processes, acc.process_index
 
-    loaded = load_model(
-        model if model is not None else cfg.model,
-        revision=cfg.revision,
-        data_config=data_config,
-        pretrained=cfg.pretrained,
-        trust_remote_code=cfg.trust_remote_code,
+    from hubstab.adapters import LoadedModel
+
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(
+            model if model is not None else cfg.model,
+            revision=cfg.revision,
+            data_config=data_config,
+            pretrained=cfg.pretrained,
+            trust_remote_code=cfg.trust_remote_code,
+        )
     )
     ds_spec = dataset if dataset is not None else cfg.dataset
     if ds_spec is None:
@@ -429,16 +435,18 @@ def _other_metrics(cfg: EvalConfig, probes, mapper, loaded, net: nn.Module, devi
             from hubstab.metrics.manifold import class_manifold_dimension
 
             target = int(parts[0]) if parts else 0
+            # the cutting-plane search optimises many subspaces per image: a few starting images suffice
+            starts = slice(0, min(4, images.shape[0]))
             res = class_manifold_dimension(
                 net,
-                images,
+                images[starts],
                 target,
-                labels=labels if mapper.usable else None,
+                labels=labels[starts] if mapper.usable else None,
                 seed=cfg.seed,
                 mean=dc.mean,
                 std=dc.std,
                 device=device,
-                indices=indices,
+                indices=indices[starts],
                 batchnorm=cfg.batchnorm,
             )
             out["class_manifold"] = res.to_dict()
