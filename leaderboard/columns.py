@@ -86,11 +86,12 @@ COLUMNS: tuple[Column, ...] = (
     Column(TEMPERATURE, "number", False, "temperature of the diffeomorphisms"),
     Column(DELTA, "number", False, "typical displacement of that temperature, pixels"),
     Column(RUN_ID, "str", False, "first 12 hex digits of the run id (hash of the settings)"),
-    Column(INVARIANCE, "number", False, "empirical equivariance/invariance deviation on the output", True),
-    Column(INVARIANCE_SETTING, "str", False, "transformation, mode and metric of that deviation", True),
-    Column(D_STAR, "number", False, "dimension d* at which the target-class probability is reached", True),
+    # optional metrics: columns exist only when a record carries them, and are then shown
+    Column(INVARIANCE, "number", True, "empirical equivariance/invariance deviation on the output", True),
+    Column(INVARIANCE_SETTING, "str", True, "transformation, mode and metric of that deviation", True),
+    Column(D_STAR, "number", True, "dimension d* at which the target-class probability is reached", True),
     Column(
-        EFFECTIVE_DIMENSION, "number", False, "effective dimension of the class manifold, about D - d*", True
+        EFFECTIVE_DIMENSION, "number", True, "effective dimension of the class manifold, about D - d*", True
     ),
 )
 

@@ -101,6 +101,24 @@ def test_table_ranks_by_relative_stability(records):
     assert C.INVARIANCE not in frame  # optional columns only when a record has the metric
 
 
+def test_optional_metric_columns_appear_when_present(records):
+    from conftest import load_fashion_mnist
+
+    from hubstab.metrics.equivariance import equivariance_deviation
+
+    images, _ = load_fashion_mnist("t10k", 8)
+    rec = copy.deepcopy(records[2])  # random_cnn(2)
+    deviation = equivariance_deviation(random_cnn(2), images, "rotation90").to_dict()
+    rec["results"]["equivariance"] = deviation
+    frame = reading.records_to_frame([rec, records[1]])
+    row = frame.set_index(C.MODEL).loc[rec["config"]["model_name"]]
+    assert row[C.INVARIANCE] == deviation["output"]
+    assert row[C.INVARIANCE_SETTING] == "rotation90, invariance, cosine"
+    assert frame[C.INVARIANCE].isna().sum() == 1
+    assert {C.INVARIANCE, C.INVARIANCE_SETTING} <= set(reading.display_frame(frame).columns)
+    assert C.D_STAR not in frame
+
+
 def test_rank_counts_within_dataset_and_protocol_and_missing_last(records):
     other = measure(random_cnn(4), "fmnist/smallcnn-init-seed4", pretrained=False, num_images=32, bootstrap=0)
     other["config"]["split"] = "validation"  # a different group: ranked on its own
