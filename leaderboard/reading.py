@@ -260,8 +260,13 @@ def default_reference() -> ReferenceErrors:
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    """(model, dataset, protocol) of a record: rows with the same key are runs of the same thing."""
-    return (record["config"]["model_name"], dataset_label(record["config"]), record["config"]["protocol_id"])
+    """(model, dataset, protocol) of a record: rows with the same key are runs of the same thing.
+
+    A model at initialisation is another model than its trained weights: it is named ``<model> (untrained)``.
+    """
+    cfg = record["config"]
+    model = cfg["model_name"] + (" (untrained)" if cfg.get("pretrained") is False else "")
+    return (model, dataset_label(cfg), cfg["protocol_id"])
 
 
 def dataset_label(config: dict[str, Any]) -> str:

@@ -161,6 +161,15 @@ def test_newest_run_wins_by_created_at_not_file_name(tmp_path):
     assert frame[C.DATE].tolist() == ["2026-01-02 01:00"]
 
 
+def test_trained_and_untrained_runs_of_a_model_are_separate_rows():
+    """A model's random initialisation must not replace its trained weights (same name, --untrained)."""
+    trained = measure(random_cnn(5), "fmnist/cnn", pretrained=True, num_images=16)
+    untrained = measure(random_cnn(6), "fmnist/cnn", pretrained=False, num_images=16)
+    assert reading.record_key(trained) != reading.record_key(untrained)
+    kept, dropped = reading.latest_records([trained, untrained])
+    assert dropped == 0 and len(kept) == 2
+
+
 def test_filters(records):
     frame = reading.records_to_frame(records)
     assert len(reading.filter_frame(frame)) == 4
