@@ -159,7 +159,7 @@ def test_pretrained_efficientnet_is_more_stable_than_random_init(efficientnet_li
     import timm
 
     images, labels, _ = imagenet_photos
-    kw = dict(mean=0.5, std=0.5, delta=1.0, repeats=3, bootstrap=500, batch_size=60)
+    kw = dict(mean=0.5, std=0.5, delta=1.0, repeats=2, bootstrap=500, batch_size=60)
     trained = hubstab.relative_stability(efficientnet_lite0, images, labels, **kw)
     torch.manual_seed(0)
     random_init = timm.create_model("tf_efficientnet_lite0", pretrained=False)
