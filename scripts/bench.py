@@ -406,6 +406,10 @@ def bench_model(
         "rf_forward_passes_per_s": rf_rate,
         "ratio": rf_rate / raw_rate,
         "rf_time_over_forward_time": overhead,
+        "ratio_of_fastest": min(times["raw"])
+        / counts["raw_images"]
+        * counts["rf_forward_passes"]
+        / min(times["rf"]),
         "raw_times_s": times["raw"],
         "rf_times_s": times["rf"],
     }
@@ -507,6 +511,92 @@ def bench_scaling(
     return rows
 
 
+def write_image_folder(
+    path: Path, num_images: int, *, height: int = 256, width: int = 320, seed: int = 0
+) -> Path:
+    """An image folder (two class subfolders) of smooth random JPEGs, larger than the model input so that
+    loading decodes, resizes and crops as with real photos."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(num_images):
+        folder = path / f"class_{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8))
+        coarse.resize((width, height), Image.BILINEAR).save(folder / f"{i:05d}.jpg", quality=90)
+    return path
+
+
+def bench_end_to_end(
+    name: str,
+    *,
+    device,
+    dtype,
+    image_size: int,
+    batch: int,
+    num_images: int,
+    repeats: int = 3,
+    channels_last: bool = False,
+    num_workers: int = 2,
+) -> dict[str, Any]:
+    """The whole run from an image folder through :func:`hubstab.runner.evaluate` (data loading, decoding,
+    resizing, perturbations, forwards, reduction) against raw inference of as many forward passes."""
+    import tempfile
+
+    import torch
+
+    from hubstab.adapters import DataConfig
+    from hubstab.runner import evaluate
+
+    model = create_model(name, image_size=image_size, device=device, channels_last=channels_last)
+    data_config = DataConfig((3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875)
+    forward_batch = 3 * (batch // 3)
+    x = _random_images(forward_batch, image_size, device, seed=2)
+    raw_calls = math.ceil(3 * num_images / forward_batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_image_folder(Path(tmp) / "images", num_images)
+
+        def end_to_end(n: int = num_images) -> None:
+            evaluate(
+                model,
+                str(folder),
+                num_images=n,
+                batch_size=batch,
+                dtype=str(dtype).removeprefix("torch."),
+                device=str(device),
+                data_config=data_config,
+                output_dir=None,
+                num_workers=num_workers,
+                resume=False,
+            )
+
+        def raw() -> None:
+            with torch.inference_mode(), _autocast(device, dtype):
+                for _ in range(raw_calls):
+                    model(x)
+
+        times = time_interleaved(
+            {"raw": raw, "end_to_end": end_to_end},
+            device,
+            repeats=repeats,
+            warmups={"raw": raw, "end_to_end": lambda: end_to_end(min(num_images, max(2, batch // 3)))},
+        )
+    raw_rate = raw_calls * forward_batch / _median(times["raw"])
+    e2e_rate = 3 * num_images / _median(times["end_to_end"])
+    return {
+        "model": name,
+        "num_images": num_images,
+        "source_image_size": [256, 320],
+        "num_workers": num_workers,
+        "raw_images_per_s": raw_rate,
+        "end_to_end_forward_passes_per_s": e2e_rate,
+        "ratio": e2e_rate / raw_rate,
+        "raw_times_s": times["raw"],
+        "end_to_end_times_s": times["end_to_end"],
+    }
+
+
 def environment(device) -> dict[str, Any]:
     """Device and versions, as recorded in the JSON and the README."""
     import timm
@@ -568,7 +658,9 @@ def sync_check(*, device, image_size: int = 64, batch: int = 8) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the benchmark's options on ``parser`` (shared by this script and ``hubstab bench``)."""
-    parser.add_argument("--models", nargs="+", help="timm architectures (random init); default per device")
+    parser.add_argument(
+        "--models", nargs="*", help="timm architectures (random init); default per device; none: skip"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument(
         "--dtype", choices=DTYPES, default=None, help="autocast dtype (cpu: float32, cuda: bf16)"
@@ -584,6 +676,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="model in channels-last layout (default: on for cuda, off for cpu)",
     )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (raw and R_f)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory cases")
     parser.add_argument("--no-sampler", action="store_true", help="skip the sampler comparison")
@@ -596,6 +689,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", default=None, help="output file (default hubstab-results/bench-<device>.json)"
     )
+    parser.add_argument(
+        "--end-to-end",
+        nargs="*",
+        default=None,
+        metavar="MODEL",
+        help="also time hubstab.runner.evaluate from a folder of JPEGs (default model: the first)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="data-loading workers of the end-to-end case")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -631,6 +732,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"one at a time {sampler['one_at_a_time_images_per_s']:.0f} img/s, "
             f"speedup {sampler['speedup']:.1f}x",
         ]
+    for row in report.get("end_to_end") or []:
+        lines.append(
+            f"end to end from JPEGs ({row['model']}, {row['num_images']} images {row['source_image_size'][0]}x"
+            f"{row['source_image_size'][1]}, {row['num_workers']} workers): "
+            f"{row['end_to_end_forward_passes_per_s']:.1f} fwd/s vs raw {row['raw_images_per_s']:.1f} img/s, "
+            f"ratio {row['ratio']:.2f}"
+        )
     if report.get("sync_check"):
         lines.append(f"host-device synchronisation inside batch_stats: {report['sync_check']}")
     scaling = report.get("scaling")
@@ -653,6 +761,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every requested measurement and return the report (also written as JSON by :func:`main`)."""
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     dtype_name = args.dtype or ("bfloat16" if on_gpu else "float32")
@@ -660,7 +770,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     channels_last = on_gpu if args.channels_last is None else args.channels_last
     batch = args.batch or (384 if on_gpu else 48)
     num_images = args.num_images or (2048 if on_gpu else 32)
-    models = args.models or list(GPU_MODELS if on_gpu else CPU_MODELS)
+    models = list(GPU_MODELS if on_gpu else CPU_MODELS) if args.models is None else args.models
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "environment": environment(device),
@@ -709,6 +819,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             repeats=args.repeats,
         )
     report["sync_check"] = sync_check(device=device) if on_gpu else None
+    if args.end_to_end is not None:
+        report["end_to_end"] = []
+        for name in args.end_to_end or models[:1]:
+            print(f"[bench] end to end {name} ...", file=sys.stderr, flush=True)
+            report["end_to_end"].append(
+                bench_end_to_end(
+                    name,
+                    device=device,
+                    dtype=dtype,
+                    image_size=args.image_size,
+                    batch=batch,
+                    num_images=num_images,
+                    repeats=args.repeats,
+                    channels_last=channels_last,
+                    num_workers=args.workers,
+                )
+            )
     if args.scaling:
         print("[bench] scaling ...", file=sys.stderr, flush=True)
         report["scaling"] = bench_scaling(

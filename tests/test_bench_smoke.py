@@ -128,7 +128,7 @@ def test_cli_writes_json_and_table(tmp_path, capsys):
             *("--device", "cpu", "--models", "test_resnet", "--image-size", "32", "--batch", "6"),
             *("--num-images", "4", "--repeats", "1", "--sampler-images", "3", "--sampler-batch", "2"),
             *("--no-memory", "--scaling", "--scaling-model", "test_resnet", "--scaling-sizes", "16", "24"),
-            *("--scaling-images", "3", "--json", str(path)),
+            *("--scaling-images", "3", "--end-to-end", "--workers", "0", "--json", str(path)),
         ]
     )
     assert code == 0
@@ -137,5 +137,7 @@ def test_cli_writes_json_and_table(tmp_path, capsys):
     assert [r["model"] for r in report["models"]] == ["test_resnet"]
     assert {(r["image_size"], r["num_images"]) for r in report["scaling"]} == {(16, 3), (24, 3)}
     assert report["sampler"]["num_images"] == 3
+    (e2e,) = report["end_to_end"]  # from a folder of JPEGs through hubstab.runner.evaluate
+    assert e2e["model"] == "test_resnet" and e2e["end_to_end_forward_passes_per_s"] > 0
     table = capsys.readouterr().out
     assert "test_resnet" in table and "speedup" in table and "scaling" in table
