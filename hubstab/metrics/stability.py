@@ -739,9 +739,10 @@ def relative_stability(
                     max_forward_batch=batch_size,
                     normalize=normalize,
                     fuse=batchnorm == "eval",
-                ).to("cpu")
+                )
             )
-    stats = StabilityStats.cat(parts)
+    # statistics stay on the device until the end: no host-device synchronisation per batch
+    stats = StabilityStats.cat(parts).to("cpu")
     settings = settings_dict(
         temperature=t0,
         delta=delta0,
