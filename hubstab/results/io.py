@@ -8,9 +8,11 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hubstab.metrics.result import StabilityPoint, StabilityResult
+if TYPE_CHECKING:
+    from hubstab.metrics.result import StabilityResult
+
 
 DEFAULT_RESULTS_DIR = "hubstab-results"
 
@@ -82,6 +84,8 @@ def find_existing(output_dir: str | os.PathLike, record_config: dict[str, Any], 
 
 def result_from_record(record: dict[str, Any]) -> StabilityResult:
     """Rebuild a :class:`StabilityResult` from a results record."""
+    from hubstab.metrics.result import StabilityPoint, StabilityResult
+
     res = record["results"]
     protocol = dict(record["config"]["protocol"])
 
