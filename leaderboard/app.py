@@ -72,13 +72,15 @@ def build_app(source: str | os.PathLike[str] | None = None) -> gr.Blocks:
     frame0, _, _ = board.table([])
     column_choices = [c for c in frame0.columns if not c.startswith("_")]
 
-    def render(search, chosen, datasets, protocols, families, adapters, error_source, session, detail):
+    def render(
+        search, chosen, datasets, protocols, families, adapters, error_source, fit_untrained, session, detail
+    ):
         frame, kept, superseded = board.table(session)
         filtered = reading.filter_frame(
             frame, search=search, datasets=datasets, protocols=protocols, families=families, adapters=adapters
         )
         shown = reading.display_frame(filtered, chosen)
-        law = plots.law_plot(filtered, error_source)
+        law = plots.law_plot(filtered, error_source, include_untrained=bool(fit_untrained))
         law_text = "\n".join([law.note, law.fit.describe(), law.correlation.describe()])
         runs = [
             (reading.describe_record(kept[i]), kept[i]["run_id"])
@@ -216,6 +218,10 @@ def build_app(source: str | os.PathLike[str] | None = None) -> gr.Blocks:
                     choices=list(plots.ERROR_SOURCES),
                     value=plots.HUBSTAB_ERROR,
                 )
+                fit_untrained = gr.Checkbox(
+                    label="Fit untrained models too (off: random initialisations are plotted, not fitted)",
+                    value=False,
+                )
                 law_plot = gr.Plot(elem_id="law-plot", show_label=False)
                 law_text = gr.Textbox(label="Fit", interactive=False, lines=3, elem_id="law-text")
                 gr.Markdown(about.FIT_HELP)
@@ -247,6 +253,7 @@ def build_app(source: str | os.PathLike[str] | None = None) -> gr.Blocks:
             family_f,
             adapter_f,
             error_source,
+            fit_untrained,
             session,
             detail,
         ]
@@ -266,7 +273,7 @@ def build_app(source: str | os.PathLike[str] | None = None) -> gr.Blocks:
         demo.load(render, view_inputs, view_outputs)
         for component in (search,):
             component.submit(render, view_inputs, view_outputs)
-        for component in (chosen, dataset_f, protocol_f, family_f, adapter_f, error_source):
+        for component in (chosen, dataset_f, protocol_f, family_f, adapter_f, error_source, fit_untrained):
             component.input(render, view_inputs, view_outputs)
         detail.change(details, [detail, session], [sweep_plot, layers_plot, detail_text, detail_json])
         submit_button.click(submit_file, [upload, session], [session, submission_status]).then(

@@ -50,13 +50,17 @@ def _largest_group(frame: pd.DataFrame) -> tuple[str, str] | None:
     return sizes.index[0]
 
 
-def law_plot(frame: pd.DataFrame, error_source: str = HUBSTAB_ERROR) -> LawPlot:
+def law_plot(
+    frame: pd.DataFrame, error_source: str = HUBSTAB_ERROR, include_untrained: bool = True
+) -> LawPlot:
     """Test error against R_f, log-log, one point per model, with the fitted law eps = a sqrt(R_f).
 
     Args:
         frame: rows of :func:`reading.records_to_frame` (already filtered). When they span several
             (dataset, protocol) groups, the group with the most rows is plotted.
         error_source: :data:`HUBSTAB_ERROR` or :data:`TIMM_REFERENCE_ERROR`.
+        include_untrained: fit models at initialisation too; when False they are plotted but left out of the
+            fit and the rank correlation (the law is about trained networks).
     """
     error_column = ERROR_SOURCES.get(error_source)
     if error_column is None:
@@ -81,9 +85,12 @@ def law_plot(frame: pd.DataFrame, error_source: str = HUBSTAB_ERROR) -> LawPlot:
             "images": rows[C.IMAGES],
         }
     )
-    fit = fit_sqrt_law(data["R_f"], data["error"])
-    corr = spearman(data["R_f"], data["error"])
+    fitted = data if include_untrained else data[(rows[C.PRETRAINED] != "no").to_numpy()]
+    fit = fit_sqrt_law(fitted["R_f"], fitted["error"])
+    corr = spearman(fitted["R_f"], fitted["error"])
     note = f"{dataset}, {protocol}: {len(data)} model(s)"
+    if len(fitted) < len(data):
+        note += f"; {len(data) - len(fitted)} untrained model(s) plotted, not fitted"
     if groups > 1:
         note += f" (the largest of {groups} dataset/protocol groups; narrow the filters to pick another)"
     plotted = data[(data["R_f"] > 0) & (data["error"] > 0)].dropna(subset=["R_f", "error"])

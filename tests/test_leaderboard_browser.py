@@ -179,7 +179,17 @@ def test_leaderboard_in_chromium(served, tmp_path):
             page.wait_for_selector("#law-plot canvas")
             page.wait_for_function(f"({_INK_JS})() > 50")
             fit_text = page.locator("#law-text textarea").input_value()
-            assert "eps = a sqrt(R_f): a = " in fit_text and f"n = {len(records)}" in fit_text
+            # by default random initialisations are plotted but not fitted
+            untrained = sum(r["config"]["pretrained"] is False for r in records)
+            trained = len(records) - untrained
+            assert "eps = a sqrt(R_f): a = " in fit_text and f"(n = {trained})" in fit_text
+            assert f"{untrained} untrained model(s) plotted, not fitted" in fit_text
+            page.get_by_label("Fit untrained models too").check()
+            page.wait_for_function(
+                f"() => document.querySelector('#law-text textarea').value.includes('n = {len(records)}')"
+            )
+            fit_text = page.locator("#law-text textarea").input_value()
+            assert "eps = a sqrt(R_f): a = " in fit_text and "not fitted" not in fit_text
             page.screenshot(path=str(tmp_path / "plot.png"), full_page=True)
 
             # a bad submission is rejected with the reason; a good one joins the table

@@ -319,6 +319,22 @@ def test_law_plot_over_measured_models(records):
     assert plots.law_plot(frame.iloc[0:0]).chart is None
 
 
+def test_law_plot_can_leave_untrained_models_out_of_the_fit(records):
+    frame = reading.records_to_frame(records)
+    trained = [r for r in records if r["config"]["pretrained"] is not False]
+    assert 0 < len(trained) < len(records)
+    law = plots.law_plot(frame, plots.HUBSTAB_ERROR, include_untrained=False)
+    expected = fitting.fit_sqrt_law(
+        [r["results"]["relative_stability"] for r in trained], [r["results"]["test_error"] for r in trained]
+    )
+    assert law.fit.n == expected.n == len(trained)
+    assert law.fit.a == pytest.approx(expected.a)
+    assert f"{len(records) - len(trained)} untrained model(s) plotted, not fitted" in law.note
+    spec = law.chart.to_dict()
+    points = [layer for layer in spec["layer"] if layer["mark"]["type"] == "circle"]
+    assert len(spec["datasets"][points[0]["data"]["name"]]) == len(records)  # all still plotted
+
+
 def test_law_plot_picks_one_dataset_and_protocol(records):
     other = copy.deepcopy(records[0])
     other["config"]["dataset"] = "elsewhere"
