@@ -377,3 +377,12 @@ def test_real_efficientnet_lite0_by_hub_id_on_imagenet_photos(tmp_path, monkeypa
     assert trained.test_error < 0.35
     assert init.test_error > 0.8
     assert trained.relative_stability < 0.5 * init.relative_stability
+
+
+def test_a_module_records_whether_it_is_trained():
+    from hubstab.adapters import DataConfig, load_model
+
+    config = DataConfig(input_size=(1, 8, 8), mean=(0.0,), std=(1.0,))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    assert load_model(net, data_config=config).pretrained is True
+    assert load_model(net, data_config=config, pretrained=False).pretrained is False

@@ -160,7 +160,8 @@ def load_model(
         revision: hub revision (branch, tag or commit); the same as ``@rev`` in the id.
         data_config: the input size and normalisation; required for a module, overrides the model's own
             otherwise.
-        pretrained: load trained weights (False: the architecture at initialisation).
+        pretrained: load trained weights (False: the architecture at initialisation); for a module, whether its
+            weights are trained, as the caller says (recorded in results files).
         trust_remote_code: allow transformers repos that ship their own code. Off unless asked.
         labels: class names in logit order, overriding what the model declares.
 
@@ -212,7 +213,7 @@ def load_model(
         labels=model_labels,
         label_space=label_space,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        pretrained=pretrained if adapter != "module" else True,
+        pretrained=pretrained,
         notes=notes,
         transform=facts.get("transform"),
         requested_revision=requested,
