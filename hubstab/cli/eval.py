@@ -17,7 +17,7 @@ EPILOG = """examples:
   hubstab eval timm/resnet50.a1_in1k --dataset ./val-images --num-images 1000 --dtype bfloat16
   hubstab eval ./my-checkpoint --dataset fashion_mnist --split test --delta 1 --cut 3
   hubstab eval resnet18.a1_in1k --temperatures paper --layers blocks
-  hubstab eval MODEL --num-processes 2        (or: accelerate launch -m hubstab.cli eval MODEL)
+  hubstab eval MODEL --num-processes 2        (or: accelerate launch -m hubstab eval MODEL)
 
 exit codes: 0 success, 1 the run failed, 2 bad input (unknown model or dataset, bad option),
 130 interrupted (finished images are kept and the next run resumes)."""
