@@ -40,8 +40,10 @@ def load(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y.astype(np.int64))
 
 
-def architectures() -> dict[str, nn.Module]:
+def architectures(seed: int = 0) -> dict[str, nn.Module]:
     import timm
+
+    torch.manual_seed(seed)  # the initialisations are part of the experiment: make them reproducible
 
     return {
         "fc-3x512": nn.Sequential(
