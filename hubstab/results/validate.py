@@ -1,52 +1,85 @@
 """Validation of untrusted results records (files people submit to the leaderboard).
 
-:func:`validate_record` checks a parsed record against the schema of :mod:`hubstab.results.record`: types
-(numbers are JSON numbers, never strings), ranges (stabilities >= 0, errors in [0, 1], interval low <= high),
-the required settings of the protocol, the schema version and size limits. :func:`load_record` reads a file
-with a byte limit first. Both raise :class:`~hubstab.errors.ResultsValidationError` with a message naming the
-offending field. Nothing in a record is ever executed; strings are returned as they are and must be shown as
-plain text.
+The contract is :class:`hubstab.results.schema.Record` (pydantic; also published as a JSON Schema).
+:func:`validate_record` checks a parsed record against it after :func:`check_bounds` (nesting, sizes, finite
+numbers, bounded integers, which hold for every key, named or not); :func:`parse_record` parses JSON text
+with the same bounds (no ``NaN``/``Infinity``, no integer of more than 20 digits, no number that overflows);
+:func:`load_record` reads a file, refusing anything that is not a regular file and checking its size before
+reading. Every problem raises one :class:`~hubstab.errors.ResultsValidationError` whose message is
+``field.path: what is wrong``. Nothing in a record is ever executed; strings are returned as they are and
+must be shown as plain text.
 
-This module imports neither torch nor timm, so the leaderboard can use it cheaply.
+This module imports neither torch nor timm (only pydantic), so the leaderboard can use it cheaply.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 import math
+import os
 import re
-from collections.abc import Callable
+import stat
 from pathlib import Path
 from typing import Any
 
 from hubstab.errors import ResultsValidationError
+from hubstab.results.schema import (
+    BATCHNORM_MODES,
+    EQUIVARIANCE_MODES,
+    ESTIMATORS,
+    HEX64,
+    INTERPOLATIONS,
+    MAX_DEPTH,
+    MAX_INTEGER,
+    MAX_LIST_ITEMS,
+    MAX_NAME_CHARS,
+    MAX_RECORD_BYTES,
+    MAX_STRING_CHARS,
+    NO_CONTROL,
+    SUPPORTED_SCHEMA_VERSIONS,
+    Record,
+    parse_created_at,
+)
 
-SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
-MAX_RECORD_BYTES = 2_000_000
-"""Largest results file accepted (bytes)."""
-MAX_STRING_CHARS = 4_000
-"""Longest string accepted anywhere in a record."""
-MAX_NAME_CHARS = 300
-"""Longest model or dataset name accepted."""
-MAX_LIST_ITEMS = 10_000
-"""Longest list accepted anywhere in a record (sweep, layers, temperatures, ...)."""
-MAX_DEPTH = 24
-"""Deepest nesting of lists and objects accepted."""
-MAX_INTEGER = 2**63
-"""Largest magnitude of an integer accepted."""
+__all__ = [
+    "BATCHNORM_MODES",
+    "EQUIVARIANCE_MODES",
+    "ESTIMATORS",
+    "INTERPOLATIONS",
+    "MAX_DEPTH",
+    "MAX_INTEGER",
+    "MAX_INTEGER_DIGITS",
+    "MAX_LIST_ITEMS",
+    "MAX_NAME_CHARS",
+    "MAX_RECORD_BYTES",
+    "MAX_STRING_CHARS",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "ResultsValidationError",
+    "check_bounds",
+    "load_record",
+    "parse_created_at",
+    "parse_record",
+    "validate_record",
+]
 
-INTERPOLATIONS: tuple[str, ...] = ("linear", "nearest", "gaussian")
-ESTIMATORS: tuple[str, ...] = ("mean", "median")
-BATCHNORM_MODES: tuple[str, ...] = ("eval", "batch")
-EQUIVARIANCE_MODES: tuple[str, ...] = ("invariance", "equivariance")
+MAX_INTEGER_DIGITS = 20
+"""Longest integer literal parsed (digits); longer ones are refused before Python converts them."""
 
-_PROBABILITY_SLACK = 1e-6  # float32 averages of softmax outputs may exceed 1 by rounding
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-Check = Callable[[Any, str], None]
+_PATTERN_MESSAGES = {
+    NO_CONTROL: "contains control characters",
+    HEX64: "must be the 64 lower-case hex digits of a SHA-256 (as hubstab eval writes it)",
+}
+_TYPE_NAMES = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
 
 
 def _fail(path: str, message: str) -> None:
@@ -70,115 +103,12 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _number(
-    value: Any,
-    path: str,
-    *,
-    nullable: bool = False,
-    low: float | None = None,
-    high: float | None = None,
-    positive: bool = False,
-) -> None:
-    if value is None:
-        if nullable:
-            return
-        _fail(path, "is required and must be a number, got null")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (numbers are JSON numbers, not strings)" if isinstance(value, str) else ""
-        _fail(path, f"must be a number, got {_kind(value)}{hint}")
-    if not math.isfinite(value):
-        _fail(path, f"must be a finite number, got {value!r} (write null for a value that was not measured)")
-    if positive and value <= 0:
-        _fail(path, f"must be > 0, got {value!r}")
-    if low is not None and value < low:
-        _fail(path, f"must be >= {low:g}, got {value!r}")
-    if high is not None and value > high:
-        _fail(path, f"must be <= {high:g}, got {value!r}")
+def check_bounds(value: Any, path: str = "record", depth: int = 0) -> None:
+    """Limits that hold for every value of a record: depth, list and string sizes, finite bounded numbers.
 
-
-def _integer(value: Any, path: str, *, nullable: bool = False, low: int | None = None) -> None:
-    if value is None and nullable:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, f"must be an integer, got {_kind(value)}")
-    if low is not None and value < low:
-        _fail(path, f"must be >= {low}, got {value!r}")
-
-
-def _string(
-    value: Any,
-    path: str,
-    *,
-    nullable: bool = False,
-    choices: tuple[str, ...] | None = None,
-    max_chars: int = MAX_STRING_CHARS,
-    nonempty: bool = False,
-) -> None:
-    if value is None and nullable:
-        return
-    if not isinstance(value, str):
-        _fail(path, f"must be a string, got {_kind(value)}")
-    if choices is not None and value not in choices:
-        _fail(path, f"must be one of {', '.join(choices)}; got {_kind(value)}")
-    if nonempty and not value.strip():
-        _fail(path, "must not be empty")
-    if len(value) > max_chars:
-        _fail(path, f"is longer than {max_chars} characters")
-    if _CONTROL.search(value):
-        _fail(path, "contains control characters")
-
-
-def _boolean(value: Any, path: str, *, nullable: bool = False) -> None:
-    if value is None and nullable:
-        return
-    if not isinstance(value, bool):
-        _fail(path, f"must be true or false, got {_kind(value)}")
-
-
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, f"must be an object, got {_kind(value)}")
-    return value
-
-
-def _list(value: Any, path: str, *, length: int | None = None) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, f"must be a list, got {_kind(value)}")
-    if length is not None and len(value) != length:
-        _fail(path, f"must have {length} entries, got {len(value)}")
-    return value
-
-
-def _required(obj: dict[str, Any], key: str, path: str) -> Any:
-    if key not in obj:
-        _fail(f"{path}.{key}", "is required but missing")
-    return obj[key]
-
-
-def _fields(obj: dict[str, Any], path: str, required: dict[str, Check], optional: dict[str, Check]) -> None:
-    for key, check in required.items():
-        check(_required(obj, key, path), f"{path}.{key}")
-    for key, check in optional.items():
-        if key in obj:
-            check(obj[key], f"{path}.{key}")
-
-
-def _interval(value: Any, path: str) -> None:
-    lo, hi = _list(value, path, length=2)
-    _number(lo, f"{path}[0]", nullable=True, low=0.0)
-    _number(hi, f"{path}[1]", nullable=True, low=0.0)
-    if (lo is None) != (hi is None):
-        _fail(path, "give both ends of the interval or neither (null, null)")
-    if lo is not None and lo > hi:
-        _fail(path, f"low end {lo!r} is above high end {hi!r}")
-
-
-def _stability(value: Any, path: str) -> None:
-    _number(value, path, nullable=True, low=0.0)
-
-
-def _generic(value: Any, path: str, depth: int = 0) -> None:
-    """Limits that hold everywhere: depth, list and string sizes, finite numbers, string keys."""
+    Raises:
+        ResultsValidationError: the first value beyond a limit, with its path.
+    """
     if depth > MAX_DEPTH:
         _fail(path, f"is nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
@@ -186,18 +116,21 @@ def _generic(value: Any, path: str, depth: int = 0) -> None:
             _fail(path, f"has more than {MAX_LIST_ITEMS} keys")
         for key, item in value.items():
             if not isinstance(key, str):
-                _fail(path, f"has a key that is not a string: {key!r}")
-            _string(key, f"{path} (key)", max_chars=MAX_NAME_CHARS)
-            _generic(item, f"{path}.{key}", depth + 1)
+                _fail(path, f"has a key that is not a string: {_kind(key)}")
+            if len(key) > MAX_NAME_CHARS:
+                _fail(f"{path} (key)", f"is longer than {MAX_NAME_CHARS} characters")
+            check_bounds(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, list):
         if len(value) > MAX_LIST_ITEMS:
             _fail(path, f"has more than {MAX_LIST_ITEMS} entries")
         for i, item in enumerate(value):
-            _generic(item, f"{path}[{i}]", depth + 1)
+            check_bounds(item, f"{path}[{i}]", depth + 1)
     elif isinstance(value, str):
         if len(value) > MAX_STRING_CHARS:
             _fail(path, f"is longer than {MAX_STRING_CHARS} characters")
-    elif isinstance(value, int) and not isinstance(value, bool):
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
         if abs(value) > MAX_INTEGER:
             _fail(path, f"is an integer beyond +-{MAX_INTEGER}")
     elif isinstance(value, float):
@@ -205,192 +138,67 @@ def _generic(value: Any, path: str, depth: int = 0) -> None:
             _fail(
                 path, f"must be a finite number, got {value!r} (write null for a value that was not measured)"
             )
-    elif value is not None and not isinstance(value, (bool, int)):
+    else:
         _fail(path, f"holds a {type(value).__name__}, which is not a JSON value")
 
 
-def _created_at(value: Any, path: str) -> None:
-    _string(value, path, max_chars=64)
-    try:
-        _dt.datetime.fromisoformat(value)
-    except ValueError:
-        _fail(
-            path, f"must be an ISO 8601 date and time such as 2026-01-31T12:00:00+00:00, got {_kind(value)}"
+def _path(loc: tuple[Any, ...]) -> str:
+    text = "record"
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def _message(error: dict[str, Any]) -> str:
+    """A pydantic error as ``what is wrong`` in hubstab's words."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "missing":
+        return "is required but missing"
+    if kind in _TYPE_NAMES:
+        hint = (
+            " (numbers are JSON numbers, not strings)"
+            if kind == "float_type" and isinstance(value, str)
+            else ""
         )
+        return f"must be {_TYPE_NAMES[kind]}, got {_kind(value)}{hint}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {value!r} (write null for a value that was not measured)"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        word = "below" if kind == "less_than" else bounds[kind]
+        return f"must be {word} {limit:g}, got {value!r}"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"must be one of {', '.join(choices)}; got {_kind(value)}"
+    if kind == "string_too_long":
+        return f"is longer than {ctx.get('max_length')} characters"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_MESSAGES.get(ctx.get("pattern"), f"must match {ctx.get('pattern')}")
+    if kind in ("too_short", "too_long"):
+        actual = ctx.get("actual_length")
+        if kind == "too_long":
+            return f"must have at most {ctx.get('max_length')} entries, got {actual}"
+        return f"must have at least {ctx.get('min_length')} entries, got {actual}"
+    return str(error.get("msg", kind)).removeprefix("Value error, ")
 
 
-def parse_created_at(value: str) -> _dt.datetime:
-    """The time of a record's ``created_at`` as an aware UTC datetime (a naive time is taken as UTC)."""
-    when = _dt.datetime.fromisoformat(value)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return when.astimezone(_dt.timezone.utc)
-
-
-def _protocol(value: Any, path: str) -> None:
-    protocol = _object(value, path)
-    _fields(
-        protocol,
-        path,
-        required={
-            "temperature": lambda v, p: _number(v, p, positive=True),
-            "delta": lambda v, p: _number(v, p, nullable=True, low=0.0),
-            "cut": lambda v, p: _integer(v, p, low=1),
-            "interp": lambda v, p: _string(v, p, choices=INTERPOLATIONS),
-            "estimator": lambda v, p: _string(v, p, choices=ESTIMATORS),
-            "seed": lambda v, p: _integer(v, p),
-            "repeats": lambda v, p: _integer(v, p, low=1),
-            "image_size": _image_size,
-            "num_images": lambda v, p: _integer(v, p, low=2),
-            "bootstrap": lambda v, p: _integer(v, p, low=0),
-            "confidence": lambda v, p: _number(v, p, positive=True, high=1.0),
-            "batchnorm": lambda v, p: _string(v, p, choices=BATCHNORM_MODES),
-        },
-        optional={
-            "effective_side": lambda v, p: _number(v, p, positive=True),
-            "amp_dtype": lambda v, p: _string(v, p, nullable=True, max_chars=32),
-            "temperatures": lambda v, p: [
-                _number(t, f"{p}[{i}]", positive=True) for i, t in enumerate(_list(v, p))
-            ],
-            "num_error_images": lambda v, p: _integer(v, p, low=0),
-            "hubstab_version": lambda v, p: _string(v, p, max_chars=64),
-            **{
-                key: lambda v, p: _string(v, p)
-                for key in ("noise", "perturbation_space", "field_scaling", "random_numbers", "denominator")
-            },
-        },
-    )
-    if protocol["confidence"] >= 1.0:
-        _fail(f"{path}.confidence", f"must be below 1, got {protocol['confidence']!r}")
-
-
-def _image_size(value: Any, path: str) -> None:
-    for i, side in enumerate(_list(value, path, length=2)):
-        _integer(side, f"{path}[{i}]", low=1)
-
-
-def _config(value: Any, path: str) -> None:
-    config = _object(value, path)
-    name = lambda v, p: _string(v, p, max_chars=MAX_NAME_CHARS, nonempty=True)  # noqa: E731
-    short = lambda v, p: _string(v, p, nullable=True, max_chars=MAX_NAME_CHARS)  # noqa: E731
-    _fields(
-        config,
-        path,
-        required={"model_name": name, "dataset": name, "protocol": _protocol, "protocol_id": name},
-        optional={
-            "model_revision": short,
-            "model_sha": short,
-            "adapter": short,
-            "model_dtype": short,
-            "num_parameters": lambda v, p: _integer(v, p, nullable=True, low=0),
-            "pretrained": lambda v, p: _boolean(v, p, nullable=True),
-            "dataset_config": short,
-            "split": short,
-            "dataset_revision": short,
-            "image_column": short,
-            "label_column": short,
-            "num_images": lambda v, p: _integer(v, p, nullable=True, low=0),
-            "indices_sha256": short,
-            "selection_seed": lambda v, p: _integer(v, p, nullable=True),
-        },
-    )
-
-
-def _sweep_point(value: Any, path: str) -> None:
-    point = _object(value, path)
-    _fields(
-        point,
-        path,
-        required={
-            "temperature": lambda v, p: _number(v, p, positive=True),
-            "relative_stability": _stability,
-            "diffeo_stability": _stability,
-            "noise_stability": _stability,
-        },
-        optional={
-            "delta": lambda v, p: _number(v, p, nullable=True, low=0.0),
-            "relative_stability_ci": _interval,
-        },
-    )
-
-
-def _layer(value: Any, path: str) -> None:
-    layer = _object(value, path)
-    temps = _list(_required(layer, "temperatures", path), f"{path}.temperatures")
-    for i, t in enumerate(temps):
-        _number(t, f"{path}.temperatures[{i}]", positive=True)
-    for key in ("relative_stability", "diffeo_stability", "noise_stability"):
-        values = _list(_required(layer, key, path), f"{path}.{key}", length=len(temps))
-        for i, v in enumerate(values):
-            _stability(v, f"{path}.{key}[{i}]")
-    if "relative_stability_ci" in layer:
-        cis = _list(layer["relative_stability_ci"], f"{path}.relative_stability_ci", length=len(temps))
-        for i, ci in enumerate(cis):
-            _interval(ci, f"{path}.relative_stability_ci[{i}]")
-
-
-def _equivariance(value: Any, path: str) -> None:
-    eq = _object(value, path)
-    _fields(
-        eq,
-        path,
-        required={
-            "transform": lambda v, p: _string(v, p, max_chars=MAX_NAME_CHARS, nonempty=True),
-            "mode": lambda v, p: _string(v, p, choices=EQUIVARIANCE_MODES),
-            "metric": lambda v, p: _string(v, p, max_chars=MAX_NAME_CHARS, nonempty=True),
-            "output": lambda v, p: _number(v, p, nullable=True),
-        },
-        optional={
-            "num_samples": lambda v, p: _integer(v, p, low=1),
-            "layers": lambda v, p: [_number(x, f"{p}.{k}", nullable=True) for k, x in _object(v, p).items()],
-        },
-    )
-
-
-def _class_manifold(value: Any, path: str) -> None:
-    cm = _object(value, path)
-    _fields(
-        cm,
-        path,
-        required={
-            "target_class": lambda v, p: _integer(v, p, low=0),
-            "d_star": lambda v, p: _number(v, p, nullable=True, low=0.0),
-            "effective_dimension": lambda v, p: _number(v, p, nullable=True),
-        },
-        optional={
-            "dims": lambda v, p: [_integer(d, f"{p}[{i}]", low=1) for i, d in enumerate(_list(v, p))],
-            "probabilities": lambda v, p: [
-                _number(x, f"{p}[{i}]", nullable=True, low=0.0, high=1.0 + _PROBABILITY_SLACK)
-                for i, x in enumerate(_list(v, p))
-            ],
-            "input_dim": lambda v, p: _integer(v, p, low=1),
-            "threshold": lambda v, p: _number(v, p, low=0.0, high=1.0),
-        },
-    )
-    if "dims" in cm and "probabilities" in cm and len(cm["dims"]) != len(cm["probabilities"]):
-        _fail(path, "dims and probabilities must have the same length")
-
-
-def _results(value: Any, path: str) -> None:
-    results = _object(value, path)
-    _fields(
-        results,
-        path,
-        required={
-            "relative_stability": _stability,
-            "relative_stability_ci": _interval,
-            "diffeo_stability": _stability,
-            "noise_stability": _stability,
-            "test_error": lambda v, p: _number(v, p, nullable=True, low=0.0, high=1.0),
-        },
-        optional={
-            "num_error_images": lambda v, p: _integer(v, p, low=0),
-            "sweep": lambda v, p: [_sweep_point(x, f"{p}[{i}]") for i, x in enumerate(_list(v, p))],
-            "layers": lambda v, p: [_layer(x, f"{p}.{k}") for k, x in _object(v, p).items()],
-            "equivariance": _equivariance,
-            "class_manifold": _class_manifold,
-        },
-    )
+def _fixed_length(error: dict[str, Any]) -> str | None:
+    """``must have N entries`` for the lists of fixed length (intervals, image sizes)."""
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    if error["type"] in ("too_short", "too_long") and isinstance(value, list):
+        bound = ctx.get("min_length") if error["type"] == "too_short" else ctx.get("max_length")
+        loc = error["loc"]
+        fixed = loc and (
+            loc[-1] in ("relative_stability_ci", "image_size")
+            or (len(loc) > 1 and loc[-2] == "relative_stability_ci" and isinstance(loc[-1], int))
+        )
+        if fixed and bound == 2:
+            return f"must have 2 entries, got {len(value)}"
+    return None
 
 
 def validate_record(obj: Any) -> dict[str, Any]:
@@ -403,40 +211,33 @@ def validate_record(obj: Any) -> dict[str, Any]:
         A copy of the record, unchanged in content.
 
     Raises:
-        ResultsValidationError: the first problem found, as ``field.path: what is wrong``.
+        ResultsValidationError: the first problem found, as ``record.field.path: what is wrong``.
     """
-    record = _object(obj, "record")
-    _generic(record, "record")
-    version = _required(record, "schema_version", "record")
+    from pydantic import ValidationError
+
+    if not isinstance(obj, dict):
+        _fail("record", f"must be an object, got {_kind(obj)}")
+    check_bounds(obj)
+    if "schema_version" not in obj:
+        _fail("record.schema_version", "is required but missing")
+    version = obj["schema_version"]
     if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_SCHEMA_VERSIONS:
         _fail(
             "record.schema_version",
             f"unknown schema version {_kind(version)}; this hubstab reads versions "
             f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))} (upgrade hubstab or re-run hubstab eval)",
         )
-    _fields(
-        record,
-        "record",
-        required={
-            "run_id": _run_id,
-            "config": _config,
-            "results": _results,
-            "created_at": _created_at,
-        },
-        optional={
-            "higher_is_better": lambda v, p: [_boolean(x, f"{p}.{k}") for k, x in _object(v, p).items()],
-            "notes": lambda v, p: [_string(x, f"{p}[{i}]") for i, x in enumerate(_list(v, p))],
-            "environment": _object,
-            "wall_time_s": lambda v, p: _number(v, p, nullable=True, low=0.0),
-        },
-    )
-    return copy.deepcopy(record)
-
-
-def _run_id(value: Any, path: str) -> None:
-    _string(value, path, max_chars=64)
-    if not _HEX64.fullmatch(value):
-        _fail(path, "must be the 64 lower-case hex digits of a SHA-256 (as hubstab eval writes it)")
+    try:
+        Record.model_validate(obj)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        message = _fixed_length(first) or _message(first)
+        raise ResultsValidationError(f"{_path(first['loc'])}: {message}{more}") from None
+    except (RecursionError, ValueError, TypeError) as err:  # not expected after check_bounds; never leak
+        raise ResultsValidationError(f"record: cannot be validated ({type(err).__name__})") from None
+    return copy.deepcopy(obj)
 
 
 def _reject_constant(name: str) -> float:
@@ -445,9 +246,30 @@ def _reject_constant(name: str) -> float:
     )
 
 
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise ResultsValidationError(
+            f"the file contains an integer of {digits} digits; at most {MAX_INTEGER_DIGITS} are accepted"
+        )
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ResultsValidationError(f"the file contains the number {shown}, which overflows a float")
+    return value
+
+
 def parse_record(text: str | bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
-    """Parse and validate a results record from JSON text (``NaN``/``Infinity`` literals are rejected)."""
-    size = len(text.encode() if isinstance(text, str) else text)
+    """Parse and validate a results record from JSON text (``NaN``/``Infinity`` literals are rejected).
+
+    Raises:
+        ResultsValidationError: too large, not UTF-8, not JSON, or not a valid record (the message says why).
+    """
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
         raise ResultsValidationError(f"the file has {size} bytes, more than the limit of {max_bytes}")
     if isinstance(text, bytes):
@@ -456,29 +278,79 @@ def parse_record(text: str | bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> dic
         except UnicodeDecodeError as err:
             raise ResultsValidationError(f"the file is not UTF-8 text ({err.reason})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(
+            text, parse_constant=_reject_constant, parse_int=_parse_int, parse_float=_parse_float
+        )
     except json.JSONDecodeError as err:
         raise ResultsValidationError(
             f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from None
     except RecursionError:
         raise ResultsValidationError(f"the JSON is nested too deeply (limit {MAX_DEPTH} levels)") from None
+    except ValueError as err:  # anything else json or int() refuses
+        raise ResultsValidationError(f"not valid JSON: {err}") from None
     return validate_record(obj)
 
 
-def load_record(path: str | Path, *, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
-    """Read, parse and validate a results file, refusing files larger than ``max_bytes``.
+def _describe_mode(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_bytes(path: str | os.PathLike[str], *, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, checked before anything is read.
+
+    FIFOs, devices, sockets and folders are refused without being opened; the file is opened non-blocking
+    (and without following a final symlink when ``follow_symlinks`` is False) and checked again once open.
 
     Raises:
-        ResultsValidationError: the file is too large, not JSON or not a valid record (the message says why).
+        ResultsValidationError: not a regular file, too large, or unreadable.
     """
     path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ResultsValidationError(f"the file has {size} bytes, more than the limit of {max_bytes}")
-        with path.open("rb") as f:
+        info = path.stat() if follow_symlinks else path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            raise ResultsValidationError(f"{path.name} is a symbolic link; it is not followed")
+        if not stat.S_ISREG(info.st_mode):
+            raise ResultsValidationError(f"{path.name} is {_describe_mode(info.st_mode)}, not a results file")
+        if info.st_size > max_bytes:
+            raise ResultsValidationError(
+                f"the file has {info.st_size} bytes, more than the limit of {max_bytes}"
+            )
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as f:
+            opened = os.fstat(f.fileno())
+            if not stat.S_ISREG(opened.st_mode):
+                raise ResultsValidationError(
+                    f"{path.name} is {_describe_mode(opened.st_mode)}, not a results file"
+                )
             data = f.read(max_bytes + 1)
     except OSError as err:
         raise ResultsValidationError(f"cannot read {path.name}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise ResultsValidationError(f"the file has more than the limit of {max_bytes} bytes")
+    return data
+
+
+def load_record(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, follow_symlinks: bool = True
+) -> dict[str, Any]:
+    """Read, parse and validate a results file, refusing files larger than ``max_bytes``.
+
+    Only regular files are read (never a FIFO or a device); the size is checked before reading.
+
+    Raises:
+        ResultsValidationError: the file is too large, not a regular file, not JSON or not a valid record.
+    """
+    data = read_bytes(path, max_bytes=max_bytes, follow_symlinks=follow_symlinks)
     return parse_record(data, max_bytes=max_bytes)
