@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "plot", "leaderboard", "bench")
+SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "push", "plot", "leaderboard", "bench")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

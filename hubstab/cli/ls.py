@@ -12,7 +12,10 @@ HELP = "list the results files in a folder, ranked by R_f"
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "ls", help=HELP, description="List results files, ranked by R_f (lower: more stable)."
+        "ls",
+        help=HELP,
+        description="List results files, ranked by R_f (lower: more stable), with their run ids and paths; "
+        "invalid files, FIFOs and symlinks leading out of the folder are skipped and listed on stderr.",
     )
     p.add_argument(
         "folder",
@@ -36,41 +39,42 @@ def _fmt(value, spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hubstab.errors import HubstabError, ResultsValidationError
-    from hubstab.results.io import iter_result_files
-    from hubstab.results.validate import load_record
+    from hubstab.errors import HubstabError
+    from hubstab.results.io import scan_results
 
     folder = Path(args.folder)
     if not folder.is_dir():
         raise HubstabError(f"no results folder {folder}: run `hubstab eval` first or name the folder")
-    rows, bad = [], []
-    for path in iter_result_files(folder):
-        try:
-            rows.append((path, load_record(path)))
-        except ResultsValidationError as err:
-            bad.append(f"{path}: {err}")
-    rows.sort(
+    scan = scan_results(folder)
+    rows = sorted(
+        scan.records,
         key=lambda r: (
             r[1]["results"]["relative_stability"]
             if r[1]["results"]["relative_stability"] is not None
             else float("inf")
-        )
+        ),
     )
     header = (
-        f"{'model':42} {'dataset':28} {'protocol':28} {'R_f':>8} {'95% CI':>19} {'error':>7} {'P':>5}  date"
+        f"{'run':12} {'model':36} {'dataset':24} {'protocol':28} {'R_f':>8} {'95% CI':>19} {'error':>7} "
+        f"{'P':>5}  {'date':10}  file"
     )
     print(header)
-    for _, rec in rows:
+    for path, rec in rows:
         c, r = rec["config"], rec["results"]
         lo, hi = r.get("relative_stability_ci") or (None, None)
         err = None if r.get("test_error") is None else 100 * r["test_error"]
+        ci = "-" if lo is None or hi is None else f"{lo:9.3g}-{hi:<9.3g}"
         print(
-            f"{_cut(c['model_name'], 42):42} {_cut(c.get('dataset'), 28):28} {_cut(c.get('protocol_id'), 28):28} "
-            f"{_fmt(r['relative_stability'], '8.4g')} {_fmt(lo, '9.3g')}-{_fmt(hi, '<9.3g')} "
-            f"{_fmt(err, '6.2f')}% {c.get('num_images') or 0:5d}  {str(rec.get('created_at', ''))[:10]}"
+            f"{rec['run_id'][:12]} {_cut(c['model_name'], 36):36} {_cut(c.get('dataset'), 24):24} "
+            f"{_cut(c.get('protocol_id'), 28):28} "
+            f"{_fmt(r['relative_stability'], '8.4g')} {ci:>19} "
+            f"{'-' if err is None else f'{err:.2f}%':>7} {c.get('num_images') or 0:5d}  {str(rec.get('created_at', ''))[:10]:10}  "
+            f"{path}"
         )
-    for line in bad:
-        print(f"skipped invalid file {line}", file=sys.stderr)
+    for skipped in scan.skipped:
+        print(f"skipped {skipped}", file=sys.stderr)
     if not rows:
         print(f"(no results in {folder})")
+    else:
+        print("(`hubstab show RUN` or `hubstab show FILE` prints one; RUN as in the first column)")
     return 0

@@ -24,13 +24,16 @@ Layout (schema version 1), in the convention of hub leaderboards::
       },
       "higher_is_better": {metric: bool},
       "notes": [str],
-      "environment": {hubstab, python, torch, timm, transformers, accelerate, datasets, platform, device,
+      "environment": {hubstab, python, torch, torchvision, timm, transformers, accelerate, datasets, numpy,
+                      platform, device, cpu (model), gpu (model, null without CUDA), num_threads,
                       num_processes},
       "wall_time_s": float,
       "created_at": "ISO 8601, UTC"
     }
 
-Numbers are JSON numbers (never strings); a value that could not be measured is null.
+Numbers are JSON numbers (never strings); a value that could not be measured is null. The contract, with
+every type and bound, is :class:`hubstab.results.schema.Record` (also ``results.schema.json``); keys added
+later go beside these (e.g. ``config.protocol.name``/``version``, ``results.published``), never renamed.
 """
 
 from __future__ import annotations
@@ -99,6 +102,17 @@ def environment(device: str | None = None, num_processes: int = 1) -> dict[str, 
 
     from hubstab import __version__
 
+    gpu = None
+    threads = None
+    try:
+        import torch
+
+        threads = int(torch.get_num_threads())
+        if torch.cuda.is_available():
+            index = torch.device(device).index if device and str(device).startswith("cuda") else None
+            gpu = torch.cuda.get_device_name(index or 0)
+    except Exception:  # no torch or no driver: leave unknown
+        pass
     return {
         "hubstab": __version__,
         "python": platform.python_version(),
@@ -108,10 +122,26 @@ def environment(device: str | None = None, num_processes: int = 1) -> dict[str, 
         "transformers": version("transformers"),
         "accelerate": version("accelerate"),
         "datasets": version("datasets"),
+        "numpy": version("numpy"),
         "platform": platform.platform(),
         "device": device,
+        "cpu": cpu_model(),
+        "gpu": gpu,
+        "num_threads": threads,
         "num_processes": int(num_processes),
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`), None if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    return line.split(":", 1)[1].strip()[:200] or None
+    except OSError:
+        pass
+    return platform.processor()[:200] or None
 
 
 def build_record(
