@@ -32,7 +32,8 @@ from typing_extensions import TypeAliasType
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
-SCHEMA_ID = "https://github.com/hubstab/hubstab/blob/main/hubstab/results/results.schema.json"
+SCHEMA_ID = "urn:hubstab:results-record:1"
+"""Identifier of the schema (a URN: the file ships in the package, at no fixed URL)."""
 
 MAX_RECORD_BYTES = 2_000_000
 """Largest results file accepted (bytes)."""
