@@ -53,7 +53,9 @@ def test_show_by_run_id_errors_are_one_line(results, capsys):
     assert "no results file of run abcdef12" in capsys.readouterr().err
     assert main(["show", "no-such-file.json", "--results", str(results)]) == 2
     err = capsys.readouterr().err
-    assert "neither a results file nor a run id" in err and len(err.strip().splitlines()) == 1
+    assert "no such results file no-such-file.json" in err and len(err.strip().splitlines()) == 1
+    assert main(["show", "not-hex", "--results", str(results)]) == 2
+    assert "neither a results file nor a run id" in capsys.readouterr().err
 
 
 def test_show_and_ls_import_no_torch(results):

@@ -31,12 +31,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from hubstab.errors import HubstabError
     from hubstab.results.io import find_run
     from hubstab.results.summary import format_record
     from hubstab.results.validate import load_record
 
     path = Path(args.file)
     if not (path.exists() or path.is_symlink()):
+        if "/" in args.file or args.file.endswith(".json"):
+            raise HubstabError(f"no such results file {args.file} (`hubstab ls` lists files and run ids)")
         path = find_run(args.results, args.file)
     record = load_record(path)
     if args.json:
