@@ -122,8 +122,12 @@ def test_a_small_file_with_a_5000_digit_integer_is_one_clear_error(tmp_path):
 def test_dates_out_of_range_in_utc_are_refused():
     record = V.load_record(OLD_FILES[0])
     record["created_at"] = "0001-01-01T00:00:00+14:00"
-    with pytest.raises(ResultsValidationError, match=r"record\.created_at: must be an ISO 8601"):
+    with pytest.raises(ResultsValidationError) as err:
         V.validate_record(record)
+    assert str(err.value) == (
+        "record.created_at: must be an ISO 8601 date and time such as 2026-01-31T12:00:00+00:00, "
+        "got the string '0001-01-01T00:00:00+14:00'"
+    )
 
 
 def test_validation_imports_no_torch():

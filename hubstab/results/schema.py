@@ -137,8 +137,8 @@ def _created_at(value: str) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise PydanticCustomError(
             "created_at",
-            "must be an ISO 8601 date and time such as 2026-01-31T12:00:00+00:00, got the string {shown!r}",
-            {"shown": shown},
+            "must be an ISO 8601 date and time such as 2026-01-31T12:00:00+00:00, got the string {shown}",
+            {"shown": repr(shown)},
         ) from None
     return value
 
