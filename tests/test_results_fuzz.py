@@ -159,3 +159,28 @@ def test_the_leaderboard_reader_skips_bad_files_and_builds_its_table(records, te
         assert len(frame) == len(loaded.records)
         for record in loaded.records:
             reading.describe_record(record)
+
+
+def test_the_leaderboard_reader_skips_fifos_and_device_links(tmp_path):
+    import os
+    import shutil
+    import signal
+
+    reading = _leaderboard_reading()
+    shutil.copy(OLD / "resnet18" / "5bdad5defc8b7282.json", tmp_path / "good.json")
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+
+    def hung(signum, frame):
+        raise TimeoutError("the reader blocked on a FIFO or a device")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        loaded = reading.read_results_dir(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [r["run_id"][:16] for r in loaded.records] == ["5bdad5defc8b7282"]
+    problems = " ".join(p.message for p in loaded.problems)
+    assert len(loaded.problems) == 2 and "FIFO" in problems
