@@ -181,3 +181,54 @@ def test_push_refuses_bad_files_before_uploading_anything(results, fake_hub, cap
         P.push_files([results / "bad.json", results / "resnet18"], "org/board")
     assert main(["push", str(results / "resnet18"), "--repo", "not-a-repo"]) == 2
     assert "org/name" in capsys.readouterr().err
+
+
+def test_eval_push_to_hub_goes_through_the_same_single_commit(tmp_path, fake_hub):
+    import datasets
+    import numpy as np
+    import torch
+    from conftest import SmallCNN, load_fashion_mnist
+    from PIL import Image
+
+    from hubstab.adapters import DataConfig
+    from hubstab.runner import evaluate
+
+    x, y = load_fashion_mnist("t10k", 12)
+    images = [Image.fromarray((img[0].numpy() * 255).astype(np.uint8)) for img in x]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    data = datasets.Dataset.from_dict({"image": images, "label": y.tolist()}, features=features)
+    torch.manual_seed(0)
+    grey = DataConfig(input_size=(1, 28, 28), mean=(0.0,), std=(1.0,), interpolation="bilinear", crop_pct=1.0)
+    res = evaluate(
+        SmallCNN().eval(),
+        data,
+        num_images=8,
+        data_config=grey,
+        output_dir=str(tmp_path / "out"),
+        num_workers=0,
+        bootstrap=20,
+        per_sample=True,
+        push_to_hub="org/board",
+    )
+    written = Path(res.extra["results_file"])
+    (api,) = fake_hub.instances
+    assert [name for name, _ in api.calls] == ["create_repo", "create_commit"]
+    uploaded = api.calls[1][1]["uploaded"]
+    folder = written.parent.name
+    assert sorted(uploaded) == [
+        f"results/{folder}/{written.stem}.json",
+        f"results/{folder}/{written.stem}.samples.json",
+    ]
+    assert uploaded[f"results/{folder}/{written.stem}.json"] == written.read_bytes()
+    assert res.extra["pushed_to"].startswith("https://huggingface.co/datasets/org/board/commit/")
+
+
+def test_push_offline_is_one_clear_error(results, monkeypatch, capsys):
+    # the real HfApi: HF_HUB_OFFLINE is set for the tests, so nothing can leave the machine
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["push", str(results), "--repo", "org/board", "--pr"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot push to org/board: the hub is offline" in err and len(err.strip().splitlines()) == 1
