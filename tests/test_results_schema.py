@@ -138,3 +138,17 @@ def test_validation_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_key_the_writer_writes_is_typed_in_the_schema():
+    from hubstab.results.record import CONFIG_KEYS, environment
+
+    assert set(CONFIG_KEYS) <= set(S.Config.model_fields)
+    assert set(environment("cpu")) <= set(S.Environment.model_fields)
+    for path in OLD_FILES:
+        record = json.loads(path.read_text())
+        assert set(record) <= set(S.Record.model_fields)
+        assert set(record["config"]["protocol"]) <= set(S.Protocol.model_fields)
+        assert set(record["results"]) <= set(S.Results.model_fields)
+        for point in record["results"]["sweep"]:
+            assert set(point) <= set(S.SweepPoint.model_fields)
