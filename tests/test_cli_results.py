@@ -232,3 +232,12 @@ def test_push_offline_is_one_clear_error(results, monkeypatch, capsys):
     assert main(["push", str(results), "--repo", "org/board", "--pr"]) == 2
     err = capsys.readouterr().err
     assert "cannot push to org/board: the hub is offline" in err and len(err.strip().splitlines()) == 1
+
+
+def test_push_dry_run_lists_the_plan_and_calls_nothing(results, fake_hub, capsys):
+    file = results / "resnet18" / "5bdad5defc8b7282.json"
+    assert main(["push", str(results), str(file), "--repo", "org/board", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3  # two records and one per-sample file; the file named twice is planned once
+    assert f"{file} -> org/board:results/resnet18/5bdad5defc8b7282.json" in out
+    assert fake_hub.instances == []
