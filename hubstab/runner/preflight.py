@@ -120,7 +120,7 @@ def validate_values(cfg: EvalConfig) -> None:
         ("--bootstrap", cfg.bootstrap, 0),
         ("--seed", cfg.seed, 0),
         ("--num-workers", cfg.num_workers, 0),
-        ("--metric-images", cfg.metric_images, 2),
+        ("--metric-images", cfg.metric_images, 1),
     )
     for name, value, low in ints:
         if value is None and name in ("--num-images", "--num-error-images"):
