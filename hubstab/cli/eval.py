@@ -200,7 +200,7 @@ def _relaunch(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "hubstab.cli._torchrun",
         "--standalone",
         f"--nproc_per_node={args.num_processes}",
         "-m",
@@ -208,7 +208,37 @@ def _relaunch(args: argparse.Namespace) -> int:
         *argv,
     ]
     env = dict(os.environ, HUBSTAB_LAUNCHED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd, env=env)
+    return _wait_forwarding_signals(subprocess.Popen(cmd, env=env))
+
+
+def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
+    """Wait for the launcher; SIGTERM is passed on to it, and on Ctrl-C (which the whole process group
+    receives) we wait while the processes save what they finished, then exit 130 or 143."""
+    import signal
+
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                received.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        print(
+            f"hubstab eval: interrupted by {signal.Signals(received[0]).name}; each process said above what it saved",
+            file=sys.stderr,
+        )
+        return 128 + received[0]
+    return code
 
 
 def config_from_args(args: argparse.Namespace):

@@ -253,10 +253,14 @@ class _RunState:
             return f"{head}: nothing kept (no --output-dir, so no partial files)"
         if self.kept == 0:
             return f"{head} before any image was finished: nothing to keep"
-        whose = " by this process" if self.world > 1 else ""
+        if self.world > 1:
+            return (
+                f"{head}: the probe images this process finished are saved in {self.checkpoint.folder}; "
+                "run the same command again to resume"
+            )
         done = "all" if self.kept >= self.total else f"{self.kept} of"
         return (
-            f"{head}: {done} {self.total} probe images measured{whose} are saved in {self.checkpoint.folder}; "
+            f"{head}: {done} {self.total} probe images measured are saved in {self.checkpoint.folder}; "
             f"run the same command again to resume"
         )
 
