@@ -206,6 +206,18 @@ def test_nonfinite_outputs_are_an_error_with_their_count(trained_fmnist_cnn):
         hubstab.relative_stability(trained_fmnist_cnn, x, y, bootstrap=50)
 
 
+def test_float16_overflow_is_detected_the_same_way():
+    from conftest import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x, y = load_fashion_mnist("t10k", 12)
+    kw = dict(mean=[0.0], std=[1e-5], bootstrap=20)  # inputs up to 1e5: activations past float16's 65504
+    with pytest.raises(NonFiniteError, match=r"12 of 12 .*--dtype float32"):
+        hubstab.relative_stability(model, x, y, amp_dtype=torch.float16, **kw)
+    assert math.isfinite(hubstab.relative_stability(model, x, y, **kw).relative_stability)
+
+
 def test_excluded_nonfinite_images_give_the_result_of_the_others(trained_fmnist_cnn):
     x, y, bad = _poisoned()
     res = hubstab.relative_stability(trained_fmnist_cnn, x, y, bootstrap=50, nonfinite="exclude")

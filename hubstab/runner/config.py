@@ -62,7 +62,7 @@ class EvalConfig:
     overwrite: bool = False
     resume: bool = True
     checkpoint_every_s: float = 60.0
-    checkpoint_every_batches: int = 8  # a checkpoint after this many batches or checkpoint_every_s, first wins
+    checkpoint_every_batches: int = 8  # save after this many batches or checkpoint_every_s, first wins
     nonfinite: str = "error"  # NaN/Inf outputs: "error", or "exclude" those probe images (with a note)
     progress: bool = True
 

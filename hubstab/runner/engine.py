@@ -786,7 +786,8 @@ def evaluate(
         output_dir: folder for the results file; None writes nothing.
         data_config: :class:`hubstab.adapters.DataConfig` for an ``nn.Module``.
         accelerator: an existing ``accelerate.Accelerator`` (default: a new one).
-        **options: any further field of :class:`hubstab.runner.config.EvalConfig`.
+        **options: any further field of :class:`hubstab.runner.config.EvalConfig`, e.g.
+            ``nonfinite="exclude"`` to leave out probe images with NaN/Inf outputs (default: an error).
 
     Returns:
         The :class:`StabilityResult`, identical on every process.
