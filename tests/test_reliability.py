@@ -438,3 +438,19 @@ def test_interrupted_runs_resume_bit_for_bit(cli_model_and_data, uninterrupted, 
     assert record["results"] == uninterrupted["results"], "not bit for bit"
     assert record["notes"] == uninterrupted["notes"]
     assert not (out / ".partial").exists(), "no empty .partial/ after the resumed run"
+
+
+@pytest.mark.slow
+def test_two_identical_cli_runs_at_once_measure_once(cli_model_and_data, uninterrupted, tmp_path):
+    cmd = [*_eval_cmd(cli_model_and_data, tmp_path), "--checkpoint-every", "8"]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1000:] for _, err in outputs]
+    reused = [out for out, _ in outputs if "(reused)" in out]
+    assert len(reused) == 1, "exactly one of the two runs measures; the other waits and reuses its file"
+    (path,) = tmp_path.rglob("*.json")
+    assert json.loads(path.read_text())["results"] == uninterrupted["results"]
+    assert not (tmp_path / ".partial").exists()
