@@ -6,7 +6,8 @@ A subcommand module ``hubstab/cli/<name>.py`` defines::
     def add_parser(subparsers) -> argparse.ArgumentParser  # registers its options
     def run(args: argparse.Namespace) -> int               # exit code
 
-Exit codes: 0 success, 1 the run failed, 2 bad input (unknown model, dataset, option).
+Exit codes: 0 success, 1 the run failed, 2 bad input (unknown model, dataset, option, unwritable output
+folder, NaN/Inf outputs), 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import warnings
 
 SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "push", "plot", "leaderboard", "bench")
 
@@ -55,17 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return EXIT_USAGE
+    # warnings as one line each, never a source line
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"hubstab: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
     except UserError as err:
         print(f"hubstab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(
-            f"hubstab {args.command}: interrupted (finished images are kept; run again to resume)",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as err:
+        # the runner's message says what was saved and where; elsewhere nothing was being measured
+        message = getattr(err, "message", None) or "interrupted"
+        print(f"hubstab {args.command}: {message}", file=sys.stderr)
+        return 128 + int(getattr(err, "signum", signal.SIGINT))
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -19,8 +19,9 @@ EPILOG = """examples:
   hubstab eval resnet18.a1_in1k --temperatures paper --layers blocks
   hubstab eval MODEL --num-processes 2        (or: accelerate launch -m hubstab eval MODEL)
 
-exit codes: 0 success, 1 the run failed, 2 bad input (unknown model or dataset, bad option),
-130 interrupted (finished images are kept and the next run resumes)."""
+exit codes: 0 success, 1 the run failed, 2 bad input (unknown model or dataset, bad option, output folder
+not writable, NaN/Inf outputs), 130 interrupted by Ctrl-C, 143 by SIGTERM (finished images are saved and
+the same command resumes)."""
 
 
 def _temperatures(text: str) -> list[float] | str:
@@ -169,6 +170,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="run again even if these settings were evaluated")
     g.add_argument("--no-resume", action="store_true", help="ignore partial results of an interrupted run")
     g.add_argument("--quiet", action="store_true", help="no progress bar or messages, only the summary")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=8,
+        metavar="N",
+        help="save finished images every N batches or 60 s, whichever comes first (default 8)",
+    )
+    g.add_argument(
+        "--exclude-nonfinite",
+        action="store_true",
+        help="leave out probe images whose outputs are NaN/Inf, with a note (default: stop with an error)",
+    )
+    g.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings, device and output folder, then stop (nothing is loaded)",
+    )
     return p
 
 
@@ -182,7 +200,7 @@ def _relaunch(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "hubstab.cli._torchrun",
         "--standalone",
         f"--nproc_per_node={args.num_processes}",
         "-m",
@@ -190,7 +208,37 @@ def _relaunch(args: argparse.Namespace) -> int:
         *argv,
     ]
     env = dict(os.environ, HUBSTAB_LAUNCHED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd, env=env)
+    return _wait_forwarding_signals(subprocess.Popen(cmd, env=env))
+
+
+def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
+    """Wait for the launcher; SIGTERM is passed on to it, and on Ctrl-C (which the whole process group
+    receives) we wait while the processes save what they finished, then exit 130 or 143."""
+    import signal
+
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                received.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        print(
+            f"hubstab eval: interrupted by {signal.Signals(received[0]).name}; each process said above what it saved",
+            file=sys.stderr,
+        )
+        return 128 + received[0]
+    return code
 
 
 def config_from_args(args: argparse.Namespace):
@@ -240,6 +288,8 @@ def config_from_args(args: argparse.Namespace):
         overwrite=args.overwrite,
         resume=not args.no_resume,
         progress=not args.quiet,
+        checkpoint_every_batches=args.checkpoint_every,
+        nonfinite="exclude" if args.exclude_nonfinite else "error",
     )
 
 
@@ -274,11 +324,20 @@ def format_summary(result) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.num_processes < 1:
         raise HubstabError("--num-processes must be >= 1")
+    cfg = config_from_args(args)
+    if args.check:
+        import warnings
+
+        from hubstab.runner.preflight import preflight
+
+        for message in preflight(cfg):
+            warnings.warn(message, UserWarning, stacklevel=1)
+        print(f"settings are valid; results would go to {cfg.output_dir}")
+        return 0
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     from hubstab.runner.engine import run_evaluation
 
-    cfg = config_from_args(args)
     result = run_evaluation(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(result))

@@ -435,8 +435,9 @@ def reduce_stats(
                 "diffeo_stability": _ratio(d_num, denominator),
                 "noise_stability": _ratio(g_num, denominator),
                 "relative_stability": _ratio(d_num, g_num),
+                # a NaN R_f never gets a finite interval (the interval drops non-finite resamples)
                 "relative_stability_ci": _interval(samples, confidence)
-                if bootstrap > 0
+                if bootstrap > 0 and math.isfinite(_ratio(d_num, g_num))
                 else (math.nan, math.nan),
             }
         )
@@ -647,6 +648,7 @@ def relative_stability(
     indices: torch.Tensor | Sequence[int] | None = None,
     per_sample: bool = False,
     layers: str | Sequence[str] | None = None,
+    nonfinite: str = "error",
 ) -> StabilityResult:
     """Relative stability R_f = D_f / G_f of a model on a tensor of probe images.
 
@@ -676,6 +678,9 @@ def relative_stability(
         layers: also measure D_k, G_k, R_k after these modules of ``model`` (``"blocks"``, ``"all"`` or
             module names, see :func:`hubstab.metrics.layers.resolve_layers`), each with its own denominator;
             they appear in ``result.layers`` (mean estimator) in the order given.
+        nonfinite: probe images whose outputs are NaN or infinite raise
+            :class:`hubstab.metrics.finite.NonFiniteError` with their count (``"error"``, default), or are
+            left out with a note (``"exclude"``).
 
     Returns:
         A :class:`StabilityResult`; ``result.relative_stability`` is R_f.
@@ -721,16 +726,20 @@ def relative_stability(
         hooks = layer_forward(model, layers)
     else:
         hooks = contextlib.nullcontext(model)
+    from hubstab.metrics.finite import NonFiniteError, exclusion_note, measure_finite
+
+    excluded: list[int] = []
     with mode, amp, hooks as forward:
         for start in range(0, p, probe):
             sl = slice(start, start + probe)
-            parts.append(
-                batch_stats(
+
+            def measure(keep: torch.Tensor, sl: slice = sl) -> StabilityStats:
+                return batch_stats(
                     forward,
-                    images[sl].to(device),
-                    indices[sl].to(device),
+                    images[sl][keep].to(device),
+                    indices[sl][keep].to(device),
                     temps,
-                    labels=None if labels is None else labels[sl].to(device),
+                    labels=None if labels is None else labels[sl][keep].to(device),
                     cut=cut,
                     interp=interp,
                     seed=seed,
@@ -740,7 +749,17 @@ def relative_stability(
                     normalize=normalize,
                     fuse=batchnorm == "eval",
                 )
+
+            block, bad = measure_finite(
+                measure, torch.ones(indices[sl].shape[0], dtype=torch.bool), nonfinite
             )
+            excluded += bad
+            if block is not None:
+                parts.append(block)
+    if excluded and nonfinite == "error":
+        raise NonFiniteError(len(excluded), p, "; nonfinite='exclude' leaves them out")
+    if sum(part.num_images for part in parts) < 2:
+        raise NonFiniteError(len(excluded), p, "; fewer than 2 finite images are left")
     # statistics stay on the device until the end: no host-device synchronisation per batch
     stats = StabilityStats.cat(parts).to("cpu")
     settings = settings_dict(
@@ -758,4 +777,9 @@ def relative_stability(
         batchnorm=batchnorm,
         amp_dtype=amp_dtype,
     )
-    return build_result(stats, settings, headline_temperature=t0, include_per_sample=per_sample)
+    result = build_result(stats, settings, headline_temperature=t0, include_per_sample=per_sample)
+    if excluded:
+        result.notes.append(exclusion_note(len(excluded), p))
+        result.settings["num_nonfinite_excluded"] = len(excluded)
+        result.settings["num_images_requested"] = p
+    return result

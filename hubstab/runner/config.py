@@ -62,6 +62,8 @@ class EvalConfig:
     overwrite: bool = False
     resume: bool = True
     checkpoint_every_s: float = 60.0
+    checkpoint_every_batches: int = 8  # save after this many batches or checkpoint_every_s, first wins
+    nonfinite: str = "error"  # NaN/Inf outputs: "error", or "exclude" those probe images (with a note)
     progress: bool = True
 
     def validate(self) -> None:

@@ -8,8 +8,11 @@ without duplicates before reduction, so the numbers do not depend on the number 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from hubstab.errors import DatasetError, HubstabError
+from hubstab.metrics.finite import NonFiniteError, exclusion_note, measure_finite
 from hubstab.metrics.result import StabilityResult
 from hubstab.metrics.stability import (
     StabilityStats,
@@ -29,18 +33,69 @@ from hubstab.metrics.stability import (
 )
 from hubstab.results.io import find_existing, read_record, result_from_record, write_record
 from hubstab.results.record import build_record, environment, indices_digest, run_identity
-from hubstab.runner.checkpoint import Checkpoint
+from hubstab.runner.checkpoint import Block, Checkpoint, RunLock
 from hubstab.runner.config import EvalConfig
+from hubstab.runner.preflight import OutputError
 
 _AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def make_accelerator(device: str | None = None):
-    """An ``accelerate.Accelerator`` for evaluation (CPU when asked or when no accelerator is present)."""
+    """An ``accelerate.Accelerator`` for evaluation (CPU when asked or when no accelerator is present).
+
+    A device that was asked for but is absent (``cuda`` without a GPU) raises instead of falling back.
+    """
     from accelerate import Accelerator
 
+    from hubstab.runner.preflight import check_device
+
+    check_device(device)
     cpu = device == "cpu" or not torch.cuda.is_available()
     return Accelerator(cpu=cpu)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a run; ``message`` says truthfully what was kept and where."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
+
+
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM raises like Ctrl-C (SIGINT) for the duration, so finished work is saved before exiting."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    """A second Ctrl-C or SIGTERM does not cut the final checkpoint short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 class _Log:
@@ -154,15 +209,88 @@ def run_evaluation(
     Returns the same :class:`StabilityResult` on every process. With ``cfg.output_dir`` set, an earlier run
     with identical settings is recognised and returned without recomputation (unless ``cfg.overwrite``),
     and an interrupted run resumes from its partial files.
-    """
-    from hubstab.adapters import default_dataset, load_model
 
-    cfg.validate()
+    Settings, device and output folder are checked before the model is loaded. SIGINT and SIGTERM save
+    what this process finished and raise :class:`RunInterrupted` (a ``KeyboardInterrupt``) whose message says
+    what was kept; a second identical run waits for the first (a lock in ``.partial/``) and reuses its file.
+    """
+    from hubstab.runner.preflight import preflight
+
+    for message in preflight(cfg):
+        warnings.warn(message, HubstabWarning, stacklevel=2)
+    state = _RunState()
+    with _signals_as_interrupts():
+        try:
+            return _run(
+                cfg, state, model=model, dataset=dataset, data_config=data_config, accelerator=accelerator
+            )
+        except KeyboardInterrupt as err:
+            if isinstance(err, RunInterrupted):
+                raise
+            raise RunInterrupted(getattr(err, "signum", signal.SIGINT), state.message(err)) from None
+
+
+class HubstabWarning(UserWarning):
+    """A legal setting outside the paper's range (e.g. a temperature past T2)."""
+
+
+class _RunState:
+    """What an interruption has to report: the checkpoint folder and how many images it holds."""
+
+    def __init__(self):
+        self.checkpoint: Checkpoint | None = None
+        self.output_dir: str | None = None
+        self.total: int | None = None
+        self.kept = 0
+        self.world = 1
+
+    def message(self, err: BaseException) -> str:
+        name = signal.Signals(getattr(err, "signum", signal.SIGINT)).name
+        head = f"interrupted by {name}"
+        if self.total is None:
+            return f"{head} before measuring: nothing to keep"
+        if self.checkpoint is None:
+            return f"{head}: nothing kept (no --output-dir, so no partial files)"
+        if self.kept == 0:
+            return f"{head} before any image was finished: nothing to keep"
+        if self.world > 1:
+            return (
+                f"{head}: the probe images this process finished are saved in {self.checkpoint.folder}; "
+                "run the same command again to resume"
+            )
+        done = "all" if self.kept >= self.total else f"{self.kept} of"
+        return (
+            f"{head}: {done} {self.total} probe images measured are saved in {self.checkpoint.folder}; "
+            f"run the same command again to resume"
+        )
+
+
+def _label_map_setting(label_map: Any) -> Any:
+    if isinstance(label_map, dict):
+        return sorted([int(a), int(b)] for a, b in label_map.items())
+    return label_map
+
+
+def _blocks(num_positions: int, size: int) -> list[list[int]]:
+    return [list(range(s, min(s + size, num_positions))) for s in range(0, num_positions, size)]
+
+
+def _run(
+    cfg: EvalConfig,
+    state: _RunState,
+    *,
+    model: nn.Module | Any | None,
+    dataset: Any | None,
+    data_config: Any | None,
+    accelerator: Any | None,
+) -> StabilityResult:
+    from hubstab.adapters import default_dataset, load_model
+    from hubstab.runner.preflight import delta_warning
+
     started = time.time()
     acc = accelerator if accelerator is not None else make_accelerator(cfg.device)
     log = _Log(acc.is_main_process and cfg.progress)
-    device = acc.device
-    world, rank = acc.num_processes, acc.process_index
+    state.world = acc.num_processes
 
     from hubstab.adapters import LoadedModel
 
@@ -177,6 +305,13 @@ def run_evaluation(
             trust_remote_code=cfg.trust_remote_code,
         )
     )
+    _, height, width = loaded.data_config.input_size
+    if cfg.temperature is None and cfg.delta is not None and acc.is_main_process:
+        from hubstab.perturbations.diffeo import effective_side
+
+        message = delta_warning(cfg.delta, cfg.cut, effective_side(height, width))
+        if message:
+            warnings.warn(message, HubstabWarning, stacklevel=3)
     ds_spec = dataset if dataset is not None else cfg.dataset
     if ds_spec is None:
         default = default_dataset(loaded.label_space)
@@ -194,7 +329,6 @@ def run_evaluation(
     mapper = _label_mapper(cfg, loaded, probes)
     info = probes.info
 
-    _, height, width = loaded.data_config.input_size
     t0, delta0 = protocol_temperature(
         height,
         width,
@@ -228,6 +362,12 @@ def run_evaluation(
     settings["temperatures"] = temps
     settings["layers"] = list(cfg.layers) if cfg.layers else None
     settings["num_error_images_requested"] = cfg.num_error_images
+    # everything else that changes a number is part of the run id too
+    settings["num_images_requested"] = cfg.num_images
+    settings["label_map"] = _label_map_setting(cfg.label_map)
+    settings["metrics"] = list(cfg.metrics) or None
+    settings["metric_images"] = cfg.metric_images if cfg.metrics else None
+    settings["nonfinite"] = cfg.nonfinite
     record_config = {
         "model_name": loaded.name,
         "model_revision": loaded.revision,
@@ -249,28 +389,69 @@ def run_evaluation(
     }
     run_id = run_identity({**record_config, "protocol": settings})
 
-    if cfg.output_dir and not cfg.overwrite:
+    def reuse() -> StabilityResult | None:
+        if not cfg.output_dir or cfg.overwrite:
+            return None
         existing = find_existing(cfg.output_dir, record_config, run_id)
-        if existing is not None:
-            log(f"already evaluated with these settings: {existing} (use --overwrite to run again)")
-            result = result_from_record(read_record(existing))
-            result.extra["results_file"] = str(existing)
-            result.extra["reused"] = True
-            return result
+        if existing is None:
+            return None
+        log(f"already evaluated with these settings: {existing} (use --overwrite to run again)")
+        result = result_from_record(read_record(existing))
+        result.extra["results_file"] = str(existing)
+        result.extra["reused"] = True
+        return result
 
-    # --- resume -----------------------------------------------------------------------------------------
+    earlier_result = reuse()
+    if earlier_result is not None:
+        return earlier_result
+
+    # --- claim the run: a second identical run waits here, then reuses the first one's file ----------------
+    lock = RunLock(cfg.output_dir, run_id) if cfg.output_dir and acc.is_main_process else None
+    if lock is not None:
+        lock.acquire(lambda who: log(f"{who} is measuring these settings: waiting for it (Ctrl-C to stop)"))
+    try:
+        acc.wait_for_everyone()
+        earlier_result = reuse()
+        if earlier_result is not None:
+            return earlier_result
+        return _measure(
+            cfg, state, acc, log, loaded, probes, mapper, ds_spec, temps, t0, amp_dtype, settings,
+            record_config, run_id, started,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _measure(
+    cfg, state, acc, log, loaded, probes, mapper, ds_spec, temps, t0, amp_dtype, settings,
+    record_config, run_id, started,
+) -> StabilityResult:  # fmt: skip
+    """Measure the blocks not finished yet, reduce, write the results file (under the run's lock)."""
+    device = acc.device
+    world, rank = acc.num_processes, acc.process_index
+    max_batch = cfg.batch_size if isinstance(cfg.batch_size, int) else _default_batch_size(device)
+    block_size = max(1, max_batch // 3)
+    blocks = _blocks(len(probes), block_size)
+    state.total = len(probes)
+
+    # --- resume: blocks finished by earlier sessions, whatever their number of processes -------------------
     session = _gather(acc, uuid.uuid4().hex[:12])[0]
-    checkpoint = Checkpoint(cfg.output_dir, run_id, rank, session) if cfg.output_dir and cfg.resume else None
-    earlier = checkpoint.load() if checkpoint is not None else []
+    checkpoint = (
+        Checkpoint(cfg.output_dir, run_id, rank, session, block_size=block_size) if cfg.output_dir else None
+    )
+    state.checkpoint = checkpoint
+    earlier = checkpoint.load() if checkpoint is not None and cfg.resume else []
+    earlier = [b for b in earlier if 0 <= b.number < len(blocks)]
     acc.wait_for_everyone()
-    done = set()
-    for part in earlier:
-        done.update(part.indices.tolist())
+    done = {b.number for b in earlier}
+    state.kept = sum(b.num_images for b in earlier)
+    if checkpoint is not None and checkpoint.ignored:
+        log(f"partial files not used: {', '.join(checkpoint.ignored)}")
     if done:
-        log(f"resuming: {len(done)} of {len(probes)} images already measured")
-    global_index = info["indices"]
-    remaining = [pos for pos in range(len(probes)) if global_index[pos] not in done]
-    shard = remaining[rank::world]
+        log(f"resuming: {state.kept} of {len(probes)} images already measured")
+    remaining = [n for n in range(len(blocks)) if n not in done]
+    mine = remaining[rank::world]
 
     # --- measure ------------------------------------------------------------------------------------------
     net = loaded.model
@@ -290,9 +471,7 @@ def run_evaluation(
     forward = _model_forward(net, channels_last)
     mean = torch.tensor(loaded.data_config.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(loaded.data_config.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    max_batch = cfg.batch_size if isinstance(cfg.batch_size, int) else _default_batch_size(device)
-    probe_batch = max(1, max_batch // 3)
-    loader = _loader(probes, shard, probe_batch, cfg.num_workers, device.type == "cuda")
+    loader = _block_loader(probes, [blocks[n] for n in mine], cfg.num_workers, device.type == "cuda")
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     layers_ctx = contextlib.nullcontext(forward)
     if cfg.layers:
@@ -300,56 +479,86 @@ def run_evaluation(
 
         layers_ctx = layer_forward(forward, cfg.layers, hooked=net)
 
-    parts: list[StabilityStats] = []
-    skipped = 0
+    finished: list[Block] = []
+    unsaved: list[Block] = []
     last_save = time.time()
-    bar = _progress(len(remaining), acc.is_main_process and cfg.progress, "R_f")
+
+    def save() -> None:
+        nonlocal unsaved, last_save
+        if checkpoint is not None and unsaved:
+            checkpoint.save(unsaved)
+            state.kept += sum(b.num_images for b in unsaved)
+        unsaved = []
+        last_save = time.time()
+
+    bar = _progress(len(probes) - state.kept, acc.is_main_process and cfg.progress, "R_f")
     try:
         with evaluation_mode(net, cfg.batchnorm), amp, layers_ctx as fwd:
-            for images, labels, indices, n_skipped in loader:
-                skipped += n_skipped
+            for number, (images, labels, indices, n_skipped) in zip(mine, loader, strict=True):
                 if images.shape[0] == 0:
-                    continue
-                mapped = torch.tensor([mapper(int(y)) for y in labels], dtype=torch.int64)
+                    block = Block(number, None, n_skipped)
+                else:
+                    mapped = torch.tensor([mapper(int(y)) for y in labels], dtype=torch.int64)
 
-                def step(mfb: int, images=images, indices=indices, mapped=mapped) -> StabilityStats:
-                    return batch_stats(
-                        fwd,
-                        images.to(device, non_blocking=True),
-                        indices.to(device),
-                        temps,
-                        labels=mapped.to(device),
-                        cut=cfg.cut,
-                        interp=cfg.interp,
-                        seed=cfg.seed,
-                        repeats=cfg.repeats,
-                        keep_components=cfg.estimator == "median",
-                        max_forward_batch=mfb,
-                        normalize=(mean, std),
-                        fuse=cfg.batchnorm == "eval",
-                    )
+                    def step(mfb: int, images=images, indices=indices, mapped=mapped):
+                        def measure(keep: torch.Tensor) -> StabilityStats:
+                            return batch_stats(
+                                fwd,
+                                images[keep].to(device, non_blocking=True),
+                                indices[keep].to(device),
+                                temps,
+                                labels=mapped[keep].to(device),
+                                cut=cfg.cut,
+                                interp=cfg.interp,
+                                seed=cfg.seed,
+                                repeats=cfg.repeats,
+                                keep_components=cfg.estimator == "median",
+                                max_forward_batch=mfb,
+                                normalize=(mean, std),
+                                fuse=cfg.batchnorm == "eval",
+                            )
 
-                stats, max_batch = _with_oom_backoff(step, max_batch, log)
-                parts.append(stats)
-                bar.update(images.shape[0] * world)
-                if checkpoint is not None and time.time() - last_save > cfg.checkpoint_every_s:
-                    checkpoint.save(StabilityStats.cat([p.to("cpu") for p in parts]))
-                    last_save = time.time()
+                        everything = torch.ones(images.shape[0], dtype=torch.bool)
+                        return measure_finite(measure, everything, cfg.nonfinite)
+
+                    (stats, bad), max_batch = _with_oom_backoff(step, max_batch, log)
+                    block = Block(number, None if stats is None else stats.to("cpu"), n_skipped, bad)
+                finished.append(block)
+                unsaved.append(block)
+                bar.update((block.num_images + block.skipped) * world)
+                if (
+                    len(unsaved) >= cfg.checkpoint_every_batches
+                    or time.time() - last_save > cfg.checkpoint_every_s
+                ):
+                    save()
+    except KeyboardInterrupt:
+        with _signals_ignored():
+            save()  # what this process finished is on disk before it exits
+        raise
     finally:
         bar.close()
-    local = StabilityStats.cat([p.to("cpu") for p in parts]) if parts else None
-    if checkpoint is not None and local is not None:
-        checkpoint.save(local)
+    save()
 
-    # --- gather and reduce ------------------------------------------------------------------------------------
-    gathered = _gather(acc, (local, skipped))
-    all_parts = earlier + [g[0] for g in gathered if g[0] is not None]
-    skipped = sum(g[1] for g in gathered)
-    if not all_parts:
+    # --- gather and reduce: blocks in block order, so the sums are the same however the work was split ------
+    gathered = _gather(acc, finished)
+    all_blocks = sorted([*earlier, *(b for part in gathered for b in part)], key=lambda b: b.number)
+    if len({b.number for b in all_blocks}) != len(all_blocks) or len(all_blocks) != len(blocks):
+        raise HubstabError("internal error: the measured blocks do not cover the probe set exactly once")
+    skipped = sum(b.skipped for b in all_blocks)
+    nonfinite = sorted(i for b in all_blocks for i in b.nonfinite)
+    if nonfinite and cfg.nonfinite == "error":
+        where = f" (measurements kept in {checkpoint.folder})" if checkpoint is not None else ""
+        raise NonFiniteError(
+            len(nonfinite), len(probes) - skipped, f"; --exclude-nonfinite leaves them out{where}"
+        )
+    parts = [b.stats for b in all_blocks if b.stats is not None and b.stats.num_images > 0]
+    if not parts:
+        if nonfinite:
+            raise NonFiniteError(len(nonfinite), len(probes) - skipped, ": no finite image is left")
         raise DatasetError("no image could be decoded: every selected image was corrupt or unreadable")
-    stats = StabilityStats.cat(all_parts)
+    stats = StabilityStats.cat(parts)
     if stats.num_images < 2:
-        raise DatasetError(f"only {stats.num_images} image(s) could be decoded; R_f needs at least 2")
+        raise DatasetError(f"only {stats.num_images} usable image(s); R_f needs at least 2")
     if not mapper.usable:
         stats.labels = None
     result = build_result(stats, settings, headline_temperature=t0, include_per_sample=cfg.per_sample)
@@ -357,13 +566,37 @@ def run_evaluation(
         result.notes.append(f"no test error: {mapper.reason}")
     if skipped:
         result.notes.append(f"{skipped} corrupt or unreadable image(s) skipped")
+    if nonfinite:
+        result.notes.append(exclusion_note(len(nonfinite), len(probes) - skipped))
+    if cfg.num_images is not None and len(probes) < cfg.num_images:
+        result.notes.append(
+            f"{len(probes)} probe images selected, fewer than the {cfg.num_images} asked for: "
+            "that is every image of the split"
+        )
+    if stats.labels is not None:
+        unusable = int((stats.labels < 0).sum())
+        if unusable:
+            result.notes.append(
+                f"{unusable} of {stats.num_images} probe images have no usable label (unlabelled, e.g. -1, or "
+                "outside the model's classes): the test error uses the others"
+            )
+        result.settings["num_unusable_labels"] = unusable
     if "untrained_note" in settings:
         result.notes.append(settings["untrained_note"])
     result.settings["num_images"] = stats.num_images
     result.settings["num_skipped_images"] = skipped
+    result.settings["num_nonfinite_excluded"] = len(nonfinite)
 
     if cfg.num_error_images and mapper.usable and cfg.num_error_images > stats.num_images:
-        error, n_err = _test_error(cfg, ds_spec, loaded, mapper, acc, forward, mean, std, amp, max_batch, log)
+        error, n_err, n_bad = _test_error(
+            cfg, ds_spec, loaded, mapper, acc, forward, mean, std, amp, max_batch, log
+        )
+        if n_bad and cfg.nonfinite == "error":
+            raise NonFiniteError(
+                n_bad, n_bad + n_err, " in the test-error images; --exclude-nonfinite skips them"
+            )
+        if n_bad:
+            result.notes.append(f"test error: {n_bad} image(s) with NaN or infinite logits left out")
         if n_err:
             result.test_error = error
             result.settings["num_error_images"] = n_err
@@ -381,7 +614,18 @@ def run_evaluation(
         {"config": record["config"], "environment": env, "run_id": record["run_id"], "wall_time_s": wall}
     )
     if cfg.output_dir and acc.is_main_process:
-        path = write_record(record, cfg.output_dir, per_sample=result.per_sample)
+        try:
+            path = write_record(record, cfg.output_dir, per_sample=result.per_sample)
+        except OSError as err:
+            kept = (
+                f"the measurement is kept in {checkpoint.folder}"
+                if checkpoint is not None
+                else "nothing kept"
+            )
+            raise OutputError(
+                f"could not write the results file into {cfg.output_dir!r} ({err.strerror or err}); {kept}: "
+                "fix the folder and run the same command again to write it without measuring"
+            ) from None
         result.extra["results_file"] = str(path)
         if checkpoint is not None:
             checkpoint.clear()
@@ -393,6 +637,21 @@ def run_evaluation(
             log(f"pushed to {url}")
     acc.wait_for_everyone()
     return result
+
+
+def _block_loader(dataset, blocks: list[list[int]], num_workers: int, pin: bool):
+    """Batches that are exactly the given blocks of positions, in order."""
+    from torch.utils.data import DataLoader
+
+    from hubstab.adapters import collate_probes
+
+    return DataLoader(
+        dataset,
+        batch_sampler=blocks,
+        num_workers=num_workers if len(blocks) > 1 else 0,
+        collate_fn=collate_probes,
+        pin_memory=pin,
+    )
 
 
 def _other_metrics(cfg: EvalConfig, probes, mapper, loaded, net: nn.Module, device) -> dict[str, Any]:
@@ -456,12 +715,15 @@ def _other_metrics(cfg: EvalConfig, probes, mapper, loaded, net: nn.Module, devi
 @torch.no_grad()
 def _test_error(
     cfg, ds_spec, loaded, mapper, acc, forward, mean, std, amp, max_batch, log
-) -> tuple[float | None, int]:
-    """Top-1 error on ``cfg.num_error_images`` images (clean forward passes only), over all processes."""
+) -> tuple[float | None, int, int]:
+    """Top-1 error on ``cfg.num_error_images`` images (clean forward passes only), over all processes.
+
+    Returns the error, the images it counts, and the images left out because their logits were not finite.
+    """
     error_set = _load_probe_set(cfg, ds_spec, loaded, cfg.num_error_images)
     positions = list(range(len(error_set)))[acc.process_index :: acc.num_processes]
     loader = _loader(error_set, positions, max_batch, cfg.num_workers, acc.device.type == "cuda")
-    wrong = total = 0
+    wrong = total = nonfinite = 0
     bar = _progress(len(error_set), acc.is_main_process and cfg.progress, "test error")
     with evaluation_mode(loaded.model), amp:
         for images, labels, _, _ in loader:
@@ -469,14 +731,18 @@ def _test_error(
             known = mapped >= 0
             if images.shape[0] and known.any():
                 logits = as_logits(forward((images.to(acc.device) - mean) / std)).float().cpu()
+                finite = torch.isfinite(logits).all(1)
+                nonfinite += int((known & ~finite).sum())
+                known &= finite  # the argmax of NaN logits is no prediction
                 wrong += int((logits.argmax(1)[known] != mapped[known]).sum())
                 total += int(known.sum())
             bar.update(images.shape[0] * acc.num_processes)
     bar.close()
-    counts = _gather(acc, (wrong, total))
+    counts = _gather(acc, (wrong, total, nonfinite))
     wrong, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    nonfinite = sum(c[2] for c in counts)
     log(f"test error on {total} images")
-    return (wrong / total if total else None), total
+    return (wrong / total if total else None), total, nonfinite
 
 
 def evaluate(
@@ -520,7 +786,8 @@ def evaluate(
         output_dir: folder for the results file; None writes nothing.
         data_config: :class:`hubstab.adapters.DataConfig` for an ``nn.Module``.
         accelerator: an existing ``accelerate.Accelerator`` (default: a new one).
-        **options: any further field of :class:`hubstab.runner.config.EvalConfig`.
+        **options: any further field of :class:`hubstab.runner.config.EvalConfig`, e.g.
+            ``nonfinite="exclude"`` to leave out probe images with NaN/Inf outputs (default: an error).
 
     Returns:
         The :class:`StabilityResult`, identical on every process.
@@ -557,4 +824,4 @@ def evaluate(
     )
 
 
-__all__ = ["evaluate", "make_accelerator", "run_evaluation"]
+__all__ = ["HubstabWarning", "RunInterrupted", "evaluate", "make_accelerator", "run_evaluation"]
