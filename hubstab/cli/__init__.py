@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "plot", "leaderboard", "bench")
+SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "plot", "leaderboard", "bench", "cache")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

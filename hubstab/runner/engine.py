@@ -228,6 +228,9 @@ def run_evaluation(
     settings["temperatures"] = temps
     settings["layers"] = list(cfg.layers) if cfg.layers else None
     settings["num_error_images_requested"] = cfg.num_error_images
+    from hubstab.protocols import protocol_settings
+
+    settings.update(protocol_settings(cfg, info, num_images=len(probes), delta=delta0))
     record_config = {
         "model_name": loaded.name,
         "model_revision": loaded.revision,
@@ -360,6 +363,9 @@ def run_evaluation(
     if "untrained_note" in settings:
         result.notes.append(settings["untrained_note"])
     result.settings["num_images"] = stats.num_images
+    from hubstab.adapters.published import published_results
+
+    result.extra.update(published_results(loaded.adapter, loaded.name, bool(loaded.pretrained), height))
     result.settings["num_skipped_images"] = skipped
 
     if cfg.num_error_images and mapper.usable and cfg.num_error_images > stats.num_images:
