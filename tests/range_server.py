@@ -10,6 +10,7 @@ import http.server
 import os
 import re
 import threading
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -65,17 +66,32 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         with open(path, "rb") as f:
             f.seek(start)
             data = f.read(length)
-        self.wfile.write(data)
         with self.server.lock:
-            self.server.bytes_sent += len(data)
             self.server.requests.append((self.path, start, end))
+        rate = getattr(self.server, "bytes_per_second", None)
+        chunk = 1 << 16
+        try:
+            for i in range(0, len(data), chunk):
+                self.wfile.write(data[i : i + chunk])
+                with self.server.lock:  # bytes handed to the socket (a client that hangs up stops the count)
+                    self.server.bytes_sent += len(data[i : i + chunk])
+                if rate:
+                    time.sleep(min(chunk, len(data) - i) / rate)
+        except (BrokenPipeError, ConnectionResetError):
+            with self.server.lock:
+                self.server.aborted += 1
 
 
 @contextmanager
-def serve(folder: os.PathLike):
-    """Serve ``folder`` on 127.0.0.1 (a free port); yields the server (``url``, ``bytes_sent``, ``requests``)."""
+def serve(folder: os.PathLike, bytes_per_second: float | None = None):
+    """Serve ``folder`` on 127.0.0.1 (a free port), optionally at a limited rate per response.
+
+    Yields the server: ``url``, ``bytes_sent``, ``requests`` (path, first byte, last byte), ``aborted``.
+    """
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(folder)))
     server.lock = threading.Lock()
+    server.bytes_per_second = bytes_per_second
+    server.aborted = 0
     server.bytes_sent = 0
     server.requests = []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"

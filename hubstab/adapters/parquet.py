@@ -346,6 +346,7 @@ def load_parquet_selection(
             "row_groups": [list(groups[g]) for g in chosen],
             "rows_in_row_groups": int(sum(group_rows[g] for g in chosen)),
             "num_row_groups": len(groups),
+            "distinct_labels": len(set(table.column(lab_col).to_pylist())) if lab_col else None,
             "cache": "miss",
             "cache_key": key,
         },

@@ -188,7 +188,8 @@ def run_evaluation(
         ds_spec, default_split = default
         cfg.split = cfg.split or default_split
         log(f"dataset: {ds_spec} (split {cfg.split}), the default for {loaded.label_space} classifiers")
-    probes = _load_probe_set(cfg, ds_spec, loaded, cfg.num_images)
+    with acc.local_main_process_first():  # one fetch per machine; the other processes read the probe cache
+        probes = _load_probe_set(cfg, ds_spec, loaded, cfg.num_images)
     if len(probes) < 2:
         raise DatasetError(f"the dataset has {len(probes)} usable image(s); R_f needs at least 2")
     mapper = _label_mapper(cfg, loaded, probes)
