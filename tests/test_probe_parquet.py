@@ -121,3 +121,64 @@ def test_hub_id_reads_parquet_from_the_hub_cache(shards, cache, tmp_path, monkey
     assert probes.info["dataset_revision"] == commit and sel["source"] == "hub-cache"
     assert len(sel["row_groups"]) == 1 and len(probes) == 10
     assert io.BytesIO(probes.rows[0]["image"]["bytes"]).read(2) == b"\xff\xd8"  # JPEG
+
+
+def test_hub_id_online_reads_the_parquet_conversion_through_hf_paths(shards, cache, tmp_path, monkeypatch):
+    """The online hub path up to the HfFileSystem boundary: a dataset whose own files are not parquet is read
+    from the hub's conversion branch (refs/convert/parquet) by ``hf://`` paths; the file system behind
+    ``hf://`` is replaced by a folder laid out like the hub's paths, so the range reads are real."""
+    import shutil
+
+    import fsspec
+    import huggingface_hub
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    import hubstab.adapters.resolve as resolve
+
+    repo, sha = "hubstab-test/imagenet-converted", "c" * 40
+    root = tmp_path / "hub"
+    split_dir = (
+        root
+        / "datasets"
+        / "hubstab-test"
+        / "imagenet-converted@refs%2Fconvert%2Fparquet"
+        / "default"
+        / "validation"
+    )
+    split_dir.mkdir(parents=True)
+    for i, p in enumerate(shards[:2]):
+        shutil.copyfile(p, split_dir / f"{i:04d}.parquet")
+
+    class FakeHubFileSystem(DirFileSystem):
+        protocol = "hf"
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(path=str(root), fs=LocalFileSystem())
+
+    class Info:
+        pass
+
+    def dataset_info(self, repo_id, revision=None, timeout=None):
+        assert repo_id == repo
+        info = Info()
+        info.sha = sha
+        return info
+
+    monkeypatch.setattr(resolve, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeHubFileSystem)
+    fsspec.register_implementation("hf", FakeHubFileSystem, clobber=True)
+    try:
+        probes = load_probe_set(repo, split="validation", num_images=8, seed=4)
+    finally:
+        fsspec.register_implementation("hf", "huggingface_hub.HfFileSystem", clobber=True)
+    sel = probes.info["probe_selection"]
+    assert probes.info["dataset"] == repo and probes.info["dataset_revision"] == sha
+    assert sel["source"] == "hf" and sel["files"][0].startswith(f"hf://datasets/{repo.split('/')[0]}/")
+    assert "refs%2Fconvert%2Fparquet/default/validation/0000.parquet" in sel["files"][0]
+    assert probes.info["num_rows"] == 400 and len(probes) == 8 and len(sel["row_groups"]) == 1
+    whole = [r for p in shards[:2] for r in pq.read_table(p).to_pylist()]
+    assert [r["image"]["bytes"] for r in probes.rows] == [
+        whole[i]["image"]["bytes"] for i in probes.info["indices"]
+    ]
