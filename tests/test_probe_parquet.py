@@ -95,7 +95,7 @@ def test_http_range_reads_stay_within_budget_and_cache_reads_nothing(shards, cac
     assert len(probe_cache.entries()) == 2
 
 
-def test_local_folder_and_cache_bound(shards, cache, monkeypatch):
+def test_local_folder_and_cache_bound(shards, cache, monkeypatch, capsys):
     probes = load_probe_set(shards[0].parent, split="validation", num_images=60, seed=2)
     sel = probes.info["probe_selection"]
     assert len(probes) == 60 and len(sel["row_groups"]) == 2 and sel["rows_in_row_groups"] == 100
@@ -107,7 +107,15 @@ def test_local_folder_and_cache_bound(shards, cache, monkeypatch):
     load_probe_set(shards[0].parent, split="validation", num_images=60, seed=3)
     kept = probe_cache.entries()
     assert len(kept) == 1 and kept[0].key != entry.key
-    assert probe_cache.clear() and probe_cache.entries() == []
+    from hubstab.cli import main
+
+    assert main(["cache", "ls"]) == 0
+    listed = capsys.readouterr().out
+    assert "1 probe set(s)" in listed and kept[0].key[:16] in listed and "60 images, seed 3" in listed
+    assert main(["cache", "clear", "0" if not kept[0].key.startswith("0") else "1"]) == 0
+    assert len(probe_cache.entries()) == 1
+    assert main(["cache", "clear"]) == 0 and "removed 1" in capsys.readouterr().out
+    assert probe_cache.entries() == []
 
 
 def test_hub_id_reads_parquet_from_the_hub_cache(shards, cache, tmp_path, monkeypatch):

@@ -107,17 +107,15 @@ def test_protocols_name_only_exact_bundles():
         {"bootstrap": 200},
     ):
         assert identify(_in1k_values(**change)) == {"name": "custom", "version": 0}, change
-    cfg = EvalConfig(model="m", estimator="mean", cut=5)
+    cfg = EvalConfig(model="m", estimator="mean", cut=5, num_images=100, seed=3)
     apply_protocol(cfg, "paper", explicit_options(["m", "--cut", "5", "--num-im=100"]))
-    assert (cfg.estimator, cfg.temperatures, cfg.cut, cfg.dataset) == (
+    assert (cfg.estimator, cfg.temperatures, cfg.dataset, cfg.split) == (
         "median",
         "paper",
-        5,
         "benjamin-paine/imagenet-1k",
+        "validation",
     )
-    assert (
-        cfg.num_images == 500
-    )  # --num-im=100 was typed, but the parsed value lives in args: kept as the config had it
+    assert (cfg.cut, cfg.num_images, cfg.seed) == (5, 100, 0)  # typed options (abbreviated too) win
     with pytest.raises(HubstabError, match="did you mean 'paper'"):
         apply_protocol(EvalConfig(), "papr")
 
