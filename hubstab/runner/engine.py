@@ -188,8 +188,15 @@ def run_evaluation(
         ds_spec, default_split = default
         cfg.split = cfg.split or default_split
         log(f"dataset: {ds_spec} (split {cfg.split}), the default for {loaded.label_space} classifiers")
-    with acc.local_main_process_first():  # one fetch per machine; the other processes read the probe cache
+    # one fetch per machine: the first process fills the probe-set cache, the others read it (after it, even
+    # when it failed, so that they fail with the same message instead of waiting)
+    if not acc.is_local_main_process:
+        acc.wait_for_everyone()
+    try:
         probes = _load_probe_set(cfg, ds_spec, loaded, cfg.num_images)
+    finally:
+        if acc.is_local_main_process:
+            acc.wait_for_everyone()
     if len(probes) < 2:
         raise DatasetError(f"the dataset has {len(probes)} usable image(s); R_f needs at least 2")
     mapper = _label_mapper(cfg, loaded, probes)
