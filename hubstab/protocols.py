@@ -152,7 +152,9 @@ def explicit_options(argv: list[str]) -> set[str]:
         if not arg.startswith("--") or len(arg) < 3:
             continue
         typed = arg.split("=", 1)[0]
-        matches = [typed] if typed in PROTOCOL_OPTIONS else [o for o in PROTOCOL_OPTIONS if o.startswith(typed)]
+        matches = (
+            [typed] if typed in PROTOCOL_OPTIONS else [o for o in PROTOCOL_OPTIONS if o.startswith(typed)]
+        )
         out.update(PROTOCOL_OPTIONS[o] for o in matches)
     return out
 

@@ -32,7 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "0")
 
 
 def _first_batch(probes, n: int = 16):
@@ -152,8 +151,6 @@ def main() -> None:
             f"read / budget = {out['row_groups']['ratio_to_budget']}"
         )
         case("cache_hit", lambda: load_probe_set(urls, num_images=args.num_images, transform=_transform))
-        os.environ["HF_DATASETS_CACHE"] = str(work / "datasets-cache")
-        datasets.config.HF_DATASETS_CACHE = Path(os.environ["HF_DATASETS_CACHE"])
 
         def whole():
             data = datasets.load_dataset(
@@ -168,7 +165,7 @@ def main() -> None:
 
         if args.models:
             cfg = EvalConfig(
-                dataset=urls,
+                dataset=",".join(urls),
                 num_images=args.zoo_images,
                 pretrained=False,
                 device="cpu",
@@ -176,7 +173,6 @@ def main() -> None:
                 output_dir=str(work / "results"),
                 progress=False,
             )
-            cfg.dataset = ",".join(urls)
             t0 = time.perf_counter()
             entries = run_zoo(cfg, list(args.models), log=None)
             wall = time.perf_counter() - t0
