@@ -214,3 +214,30 @@ def test_cli_zoo_with_a_bad_id_writes_the_others_and_reuses_them(tmp_path):
     assert again.stdout.count("reused") == 2
     assert [p.stat().st_mtime_ns for p in files] == mtimes
     assert sorted(p for p in out.rglob("*.json") if ".zoo" not in p.parts) == files
+
+
+def test_default_imagenet_settings_are_named_in1k_v1(tmp_path, monkeypatch):
+    """The CLI's defaults on the default ImageNet-1k dataset (laid out in a temporary hub cache) are in1k-v1."""
+    from hubstab.adapters import load_probe_set
+    from hubstab.adapters.data import default_dataset
+    from hubstab.protocols import protocol_settings
+
+    pytest.importorskip("foolbox")
+    write_shards(tmp_path / "ds" / "data", num_shards=2, rows_per_shard=300, rows_per_group=100, size=32)
+    sha = add_repo(tmp_path / "hf", "benjamin-paine/imagenet-1k", tmp_path / "ds", repo_type="dataset")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HUBSTAB_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(model="some-in1k-model")
+    dataset, split = default_dataset("imagenet-1k")
+    probes = load_probe_set(dataset, split=split, num_images=cfg.num_images, seed=cfg.seed)
+    settings = protocol_settings(cfg, probes.info, num_images=len(probes), delta=1.0)
+    assert (settings["name"], settings["version"]) == ("in1k-v1", 1)
+    assert probes.info["dataset_revision"] == sha and len(settings["probe_selection"]["row_groups"]) == 5
+    assert "cache" not in settings["probe_selection"] and "source" not in settings["probe_selection"]
+    cfg.estimator = "median"
+    assert protocol_settings(cfg, probes.info, num_images=len(probes), delta=1.0)["name"] == "custom"
+    apply_protocol(cfg, "paper")
+    assert protocol_settings(cfg, probes.info, num_images=len(probes), delta=1.0)["name"] == "paper"
+    fewer = load_probe_set(dataset, split=split, num_images=100, seed=0)
+    assert protocol_settings(cfg, fewer.info, num_images=len(fewer), delta=1.0)["name"] == "custom"
