@@ -31,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm architectures only, no hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "0")  # datasets may read the loopback URLs (else HF_HUB_OFFLINE)
 
 
 def _first_batch(probes, n: int = 16):
