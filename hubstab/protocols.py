@@ -36,6 +36,8 @@ from typing import Any
 from hubstab.errors import HubstabError
 
 CUSTOM = "custom"
+MAX_RECORDED_ROWS = 5000
+"""Selections up to this many rows (and row groups) list them in the results file; larger ones keep the hash."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +216,17 @@ def protocol_settings(
 
     Returns:
         ``{"name", "version", "probe_selection"}``: the protocol followed (or ``custom``) and the selection
-        scheme with its seed, row groups and files (without what varies between identical selections, such as
-        where the bytes came from or whether the cache was hit).
+        scheme with its seed, row groups, rows (source indices) and files (without what varies between
+        identical selections, such as where the bytes came from or whether the cache was hit).
     """
     selection = dict(info.get("probe_selection") or {"scheme": info.get("selection"), "seed": cfg.seed})
     for key in ("cache", "cache_key", "source"):
         selection.pop(key, None)
+    indices = list(info.get("indices") or [])
+    # the rows themselves (also reproducible from the seed and row groups), within the results files' bounds
+    selection["rows"] = [int(i) for i in indices] if len(indices) <= MAX_RECORDED_ROWS else None
+    if len(selection.get("row_groups") or []) > MAX_RECORDED_ROWS:
+        selection["row_groups"] = None
     if "files" in selection:
         selection["files"] = [str(f).split("?")[0].rstrip("/").rsplit("/", 1)[-1] for f in selection["files"]]
     values = {

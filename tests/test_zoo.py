@@ -235,6 +235,9 @@ def test_default_imagenet_settings_are_named_in1k_v1(tmp_path, monkeypatch):
     assert (settings["name"], settings["version"]) == ("in1k-v1", 1)
     assert probes.info["dataset_revision"] == sha and len(settings["probe_selection"]["row_groups"]) == 5
     assert "cache" not in settings["probe_selection"] and "source" not in settings["probe_selection"]
+    assert (
+        settings["probe_selection"]["rows"] == probes.info["indices"] and len(probes.info["indices"]) == 500
+    )
     cfg.estimator = "median"
     assert protocol_settings(cfg, probes.info, num_images=len(probes), delta=1.0)["name"] == "custom"
     apply_protocol(cfg, "paper")
