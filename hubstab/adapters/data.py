@@ -35,8 +35,8 @@ def default_dataset(label_space: str | None) -> tuple[str, str] | None:
     """The default probe dataset (hub id, split) of a label space, or None when there is none.
 
     ImageNet-1k models default to ``benjamin-paine/imagenet-1k`` (validation split, 50,000 images), a public
-    (non-gated) copy of ILSVRC-2012 with the standard class order and names; stream it (``streaming=True``)
-    to avoid downloading the whole set.
+    (non-gated) copy of ILSVRC-2012 with the standard class order and names, stored as parquet: only the row
+    groups holding the selected images are fetched (:mod:`hubstab.adapters.parquet`).
     """
     return DEFAULT_DATASETS.get(label_space) if label_space else None
 
