@@ -92,7 +92,13 @@ def test_http_range_reads_stay_within_budget_and_cache_reads_nothing(shards, cac
 
         other = load_probe_set(urls, num_images=12, seed=5)  # another selection is fetched, not confused
         assert other.info["probe_selection"]["cache"] == "miss" and server.bytes_sent > sent
-    assert len(probe_cache.entries()) == 2
+        many = load_probe_set(urls, num_images=160, seed=1)  # several files, read in parallel
+        assert len({f for f, _ in many.info["probe_selection"]["row_groups"]}) > 1
+        assert [r["image"]["bytes"] for r in many.rows] == [
+            whole[i]["image"]["bytes"] for i in many.info["indices"]
+        ]
+        assert [r["label"] for r in many.rows] == [whole[i]["label"] for i in many.info["indices"]]
+    assert len(probe_cache.entries()) == 3
 
 
 def test_local_folder_and_cache_bound(shards, cache, monkeypatch, capsys):

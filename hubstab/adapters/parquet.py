@@ -395,4 +395,14 @@ def _read_groups(opened, groups, group_rows, chosen, indices, columns):
         table = table.take(pa.array(take - lo))
         return table.append_column("__index__", pa.array(take, type=pa.int64()))
 
-    return pa.concat_tables([read(g) for g in chosen])
+    by_file: dict[int, list[int]] = {}
+    for g in chosen:
+        by_file.setdefault(groups[g][0], []).append(g)
+    remote = any(handle is not None for _, handle in opened)
+    if not remote or len(by_file) == 1:
+        return pa.concat_tables([read(g) for g in chosen])
+    # remote files are read in parallel, one thread per file (a file handle is never shared between threads)
+    with ThreadPoolExecutor(min(_THREADS, len(by_file))) as pool:
+        parts = dict(zip(by_file, pool.map(lambda gs: [read(g) for g in gs], by_file.values()), strict=True))
+    tables = {g: t for f, gs in by_file.items() for g, t in zip(gs, parts[f], strict=True)}
+    return pa.concat_tables([tables[g] for g in chosen])
