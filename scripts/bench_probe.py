@@ -10,6 +10,8 @@ Range requests and counts the bytes it sends, this measures for a selection of `
 * the whole-split path: ``datasets.load_dataset("parquet", data_files=URLS)`` (downloads every file), then
   the same selection and first batch;
 
+the same two paths on the shards as local files (seconds only);
+
 and models per hour of a zoo run (``hubstab.runner.zoo.run_zoo``) over small timm architectures at random
 initialisation (no weights can be downloaded here; the cost of a forward pass does not depend on the weights)
 on ``--zoo-images`` probe images from the same shards.
@@ -163,6 +165,22 @@ def main() -> None:
             return load_probe_set(data, num_images=args.num_images, transform=_transform)
 
         case("whole_split", whole)
+        local = [str(p) for p in shards]  # the same shards as local files (no bytes through the server)
+        case(
+            "row_groups_local",
+            lambda: load_probe_set(local, num_images=args.num_images, transform=_transform),
+        )
+
+        def whole_local():
+            data = datasets.load_dataset(
+                "parquet",
+                data_files={"validation": local},
+                split="validation",
+                cache_dir=str(work / "datasets-cache-local"),
+            )
+            return load_probe_set(data, num_images=args.num_images, transform=_transform)
+
+        case("whole_local", whole_local)
 
         if args.models:
             cfg = EvalConfig(
