@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Probe sets read from parquet are cached: keep the tests' entries out of the user's cache.
+os.environ.setdefault("HUBSTAB_CACHE", tempfile.mkdtemp(prefix="hubstab-test-probe-cache-"))
 
 FASHION_MNIST = Path(os.environ.get("HUBSTAB_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 

@@ -35,8 +35,8 @@ def default_dataset(label_space: str | None) -> tuple[str, str] | None:
     """The default probe dataset (hub id, split) of a label space, or None when there is none.
 
     ImageNet-1k models default to ``benjamin-paine/imagenet-1k`` (validation split, 50,000 images), a public
-    (non-gated) copy of ILSVRC-2012 with the standard class order and names; stream it (``streaming=True``)
-    to avoid downloading the whole set.
+    (non-gated) copy of ILSVRC-2012 with the standard class order and names, stored as parquet: only the row
+    groups holding the selected images are fetched (:mod:`hubstab.adapters.parquet`).
     """
     return DEFAULT_DATASETS.get(label_space) if label_space else None
 
@@ -328,8 +328,10 @@ def load_probe_set(
     """Select probe images from a dataset.
 
     Args:
-        dataset: a hub id (``org/name`` or ``org/name@rev``), a local folder or parquet file, or a
-            ``datasets.Dataset``.
+        dataset: a hub id (``org/name`` or ``org/name@rev``), a local folder or parquet file, an ``hf://`` or
+            ``http(s)://`` URL of parquet files (a glob or a list: one split, in order), or a ``datasets.Dataset``.
+            Parquet data is read by row groups (block sampling, only the selected byte ranges) and cached:
+            see :mod:`hubstab.adapters.parquet`.
         split: the split; default the first of validation, valid, val, test, train that exists.
         config_name: the dataset configuration (subset), if it has several.
         revision: hub revision of the dataset (branch, tag or commit).
@@ -345,6 +347,25 @@ def load_probe_set(
         DatasetError: unknown or unreachable dataset, missing split or column.
     """
     import datasets
+
+    if isinstance(dataset, (str, os.PathLike, list, tuple)):
+        # parquet (hub, hf://, http(s), local, lists): fetch only the selected row groups, through the cache
+        from hubstab.adapters.parquet import load_parquet_selection
+
+        found = load_parquet_selection(
+            dataset,
+            split=split,
+            config_name=config_name,
+            revision=revision,
+            image_column=image_column,
+            label_column=label_column,
+            num_images=num_images,
+            seed=seed,
+        )
+        if found is not None:
+            rows, info = found
+            info["label_mapping"] = label_mapper.to_dict() if label_mapper is not None else None
+            return ProbeSet(rows, info, transform, label_mapper)
 
     dataset_revision = revision
     if isinstance(dataset, datasets.DatasetDict):

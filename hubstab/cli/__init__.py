@@ -19,7 +19,7 @@ import signal
 import sys
 import warnings
 
-SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "push", "plot", "leaderboard", "bench")
+SUBCOMMANDS: tuple[str, ...] = ("eval", "ls", "show", "push", "plot", "leaderboard", "bench", "cache")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -18,6 +18,8 @@ EPILOG = """examples:
   hubstab eval ./my-checkpoint --dataset fashion_mnist --split test --delta 1 --cut 3
   hubstab eval resnet18.a1_in1k --temperatures paper --layers blocks
   hubstab eval MODEL --num-processes 2        (or: accelerate launch -m hubstab eval MODEL)
+  hubstab eval timm/resnet18.a1_in1k facebook/deit-small-patch16-224 --protocol in1k-v1
+  hubstab eval --models 'timm:resnet*' --top 10 --shard 0/4   (a zoo: failures recorded, exit 1 if any)
 
 exit codes: 0 success, 1 the run failed, 2 bad input (unknown model or dataset, bad option, output folder
 not writable, NaN/Inf outputs), 130 interrupted by Ctrl-C, 143 by SIGTERM (finished images are saved and
@@ -64,7 +66,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "model", help="timm name, hub id (org/name, timm/..., hf-hub:...), '@REV' suffix, or local folder"
+        "model",
+        nargs="*",
+        help="timm name, hub id (org/name, timm/..., hf-hub:...), '@REV' suffix, or local folder; "
+        "several ids evaluate each in turn (see --models-file, --models)",
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -187,6 +192,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="check the settings, device and output folder, then stop (nothing is loaded)",
     )
+
+    from hubstab.runner.zoo import add_arguments
+
+    add_arguments(p)
     return p
 
 
@@ -245,7 +254,7 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`~hubstab.runner.config.EvalConfig` of parsed ``hubstab eval`` options."""
     from hubstab.runner.config import EvalConfig
 
-    model, revision = args.model, args.revision
+    model, revision = (args.model[0] if args.model else ""), args.revision
     temps = args.temperatures
     return EvalConfig(
         model=model,
@@ -325,6 +334,9 @@ def run(args: argparse.Namespace) -> int:
     if args.num_processes < 1:
         raise HubstabError("--num-processes must be >= 1")
     cfg = config_from_args(args)
+    from hubstab.runner.zoo import apply_cli_protocol, is_zoo, run_cli
+
+    apply_cli_protocol(cfg, args)
     if args.check:
         import warnings
 
@@ -338,6 +350,10 @@ def run(args: argparse.Namespace) -> int:
         return _relaunch(args)
     from hubstab.runner.engine import run_evaluation
 
+    if is_zoo(args):
+        return run_cli(args, cfg)
+    if not args.model:
+        raise HubstabError("give a MODEL id (or several, or --models-file FILE, or --models 'timm:PATTERN')")
     result = run_evaluation(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(result))

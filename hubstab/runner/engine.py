@@ -323,7 +323,15 @@ def _run(
         ds_spec, default_split = default
         cfg.split = cfg.split or default_split
         log(f"dataset: {ds_spec} (split {cfg.split}), the default for {loaded.label_space} classifiers")
-    probes = _load_probe_set(cfg, ds_spec, loaded, cfg.num_images)
+    # one fetch per machine: the first process fills the probe-set cache, the others read it (after it, even
+    # when it failed, so that they fail with the same message instead of waiting)
+    if not acc.is_local_main_process:
+        acc.wait_for_everyone()
+    try:
+        probes = _load_probe_set(cfg, ds_spec, loaded, cfg.num_images)
+    finally:
+        if acc.is_local_main_process:
+            acc.wait_for_everyone()
     if len(probes) < 2:
         raise DatasetError(f"the dataset has {len(probes)} usable image(s); R_f needs at least 2")
     mapper = _label_mapper(cfg, loaded, probes)
@@ -368,6 +376,9 @@ def _run(
     settings["metrics"] = list(cfg.metrics) or None
     settings["metric_images"] = cfg.metric_images if cfg.metrics else None
     settings["nonfinite"] = cfg.nonfinite
+    from hubstab.protocols import protocol_settings
+
+    settings.update(protocol_settings(cfg, info, num_images=len(probes), delta=delta0))
     record_config = {
         "model_name": loaded.name,
         "model_revision": loaded.revision,
@@ -584,6 +595,9 @@ def _measure(
     if "untrained_note" in settings:
         result.notes.append(settings["untrained_note"])
     result.settings["num_images"] = stats.num_images
+    from hubstab.adapters.published import published_results
+
+    result.extra.update(published_results(loaded.adapter, loaded.name, bool(loaded.pretrained), height))
     result.settings["num_skipped_images"] = skipped
     result.settings["num_nonfinite_excluded"] = len(nonfinite)
 
