@@ -597,7 +597,11 @@ def _measure(
     result.settings["num_images"] = stats.num_images
     from hubstab.adapters.published import published_results
 
-    result.extra.update(published_results(loaded.adapter, loaded.name, bool(loaded.pretrained), height))
+    result.extra.update(
+        published_results(
+            loaded.adapter, loaded.name, bool(loaded.pretrained), loaded.data_config.input_size[1]
+        )
+    )
     result.settings["num_skipped_images"] = skipped
     result.settings["num_nonfinite_excluded"] = len(nonfinite)
 
