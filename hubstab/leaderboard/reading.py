@@ -125,11 +125,11 @@ def resolve_source(source: str | os.PathLike[str] | None, *, local: bool = True)
         source = os.environ.get(RESULTS_ENV, "").strip() or None
         if source is None:
             default = Path(DEFAULT_RESULTS)
-            return (default, str(default)) if default.is_dir() else (None, NO_SOURCE)
+            return (default, f"folder {DEFAULT_RESULTS}") if default.is_dir() else (None, NO_SOURCE)
     text = os.fspath(source)
     path = Path(text).expanduser()
     if local and path.is_dir():
-        return path, str(path)
+        return path, f"folder {path.resolve().name or path}"  # its name only: no path of this machine
     if local and path.exists():
         raise HubstabError(f"results source {text!r} is a file; give the folder that holds the results files")
     if not _REPO_ID.fullmatch(text):
@@ -175,6 +175,11 @@ def read_results_dir(
         except ResultsValidationError as err:
             loaded.problems.append(Problem(relative.as_posix(), str(err)))
             continue
+        except Exception as err:  # a validator bug must cost one file, never the board
+            loaded.problems.append(
+                Problem(relative.as_posix(), f"cannot be read: {type(err).__name__}: {err}"[:300])
+            )
+            continue
         record[ORIGIN_KEY] = SUBMITTED if relative.parts[0] == SUBMISSIONS_DIR else BOARD
         loaded.records.append(record)
     return loaded
@@ -216,7 +221,12 @@ def accept_submission(
     """
     if not path:
         raise ResultsValidationError("no file: choose a results file (.json) written by hubstab eval")
-    return load_record(path, max_bytes=max_bytes)
+    try:
+        return load_record(path, max_bytes=max_bytes)
+    except ResultsValidationError:
+        raise
+    except Exception as err:  # a validator bug must reject the file, not crash the session
+        raise ResultsValidationError(f"the file cannot be read ({type(err).__name__})") from None
 
 
 def describe_record(record: dict[str, Any]) -> str:

@@ -78,7 +78,7 @@ def _protocols_markdown(frame: pd.DataFrame, records: list[dict[str, Any]]) -> s
     if frame.empty:
         return "No results on the board yet."
     lines = [
-        "| protocol | delta (px) | cut | interpolation | estimator | batchnorm | models |",
+        "| protocol | delta (px) | cut | interpolation | estimator | batchnorm | runs |",
         "|---" * 7 + "|",
     ]
     counts = frame.groupby(C.PROTOCOL).size()
@@ -203,8 +203,11 @@ def build_app(
             "per-layer curves: shown" if layers is not None else "no per-layer measurement in this run"
         )
         notes.extend(f"note: {n}" for n in record.get("notes", []))
+        config = dict(record["config"])
+        config["model_name"] = reading.model_label(config["model_name"])
+        config["dataset"] = reading.dataset_label({"dataset": config["dataset"]})
         info = {
-            "config": record["config"],
+            "config": config,
             "environment": record.get("environment"),
             "created_at": record["created_at"],
             "run_id": record["run_id"],
