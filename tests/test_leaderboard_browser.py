@@ -332,6 +332,7 @@ def test_leaderboard_in_chromium(board, tmp_path):
     print(f"screenshots in {tmp_path}")
 
 
+@pytest.mark.slow
 def test_space_folder_starts_an_empty_board_in_chromium(tmp_path):
     """The Space folder alone (``python app.py``, no results source): an empty board with instructions."""
     from playwright.sync_api import sync_playwright

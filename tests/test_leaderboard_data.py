@@ -448,7 +448,20 @@ def test_app_builds_over_an_empty_folder(tmp_path):
     assert plots.law_plot(frame).chart is None
     board = app.Board(tmp_path)
     assert board.loaded.records == [] and "0 valid results file(s)" in board.loaded.summary()
-    assert app.build_app(tmp_path) is not None
+    demo = app.build_app(tmp_path)
+    timers = [c for c in demo.config["components"] if c.get("type") == "timer"]
+    assert [t["props"]["value"] for t in timers] == [app.REFRESH_S] == [600.0]  # re-read every 10 minutes
+
+
+def test_board_reload_picks_up_new_files(records, tmp_path):
+    from hubstab.leaderboard import app
+
+    board = app.Board(tmp_path)
+    write_records(tmp_path, records[:2])
+    assert board.loaded.records == []
+    board.reload()
+    frame, kept, _ = board.table([])
+    assert sorted(r["run_id"] for r in kept) == sorted(r["run_id"] for r in records[:2]) and len(frame) == 2
 
 
 @pytest.mark.slow

@@ -99,6 +99,7 @@ def test_space_requirements_cover_its_imports_and_name_no_torch():
     assert not requirements & set(HEAVY) and "hubstab" not in requirements
 
 
+@pytest.mark.slow
 def test_space_folder_alone_starts_an_empty_board_without_torch(tmp_path):
     space = tmp_path / "space"
     shutil.copytree(SPACE_DIR, space, ignore=shutil.ignore_patterns("__pycache__"))
