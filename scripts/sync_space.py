@@ -117,17 +117,35 @@ def expected_files() -> dict[str, bytes]:
         + '"""A light copy of hubstab for the leaderboard Space: the app and the results schema, no torch."""\n\n'
         + f'__version__ = "{version.group(1) if version else "0"}"\n'
     ).encode()
-    for name, path in space_modules().items():
+    modules = space_modules()
+    for name, path in modules.items():
         if name == "hubstab":
             continue
         relative = path.relative_to(PACKAGE.parent).as_posix()
         files[relative] = HEADER.format(source=relative).encode() + path.read_bytes()
-    for root in ROOT_MODULES:
-        data = _module_path(root).parent / "data"
-        for path in sorted(data.rglob("*")) if data.is_dir() else []:
-            if path.is_file():
-                files[path.relative_to(PACKAGE.parent).as_posix()] = path.read_bytes()
+    for path in _package_data(modules):
+        files[path.relative_to(PACKAGE.parent).as_posix()] = path.read_bytes()
     return files
+
+
+def _package_data(modules: dict[str, Path]) -> list[Path]:
+    """Non-Python files of the copied packages (e.g. a CSV, a JSON Schema), the root package's excepted."""
+    folders = {path.parent for path in modules.values()} - {PACKAGE}
+    found = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            inner = path.relative_to(folder).parts[:-1]
+            if (
+                not path.is_file()
+                or path.suffix in (".py", ".pyc")
+                or any(
+                    part == "__pycache__" or part.startswith(".") for part in path.relative_to(folder).parts
+                )
+                or any((folder.joinpath(*inner[: i + 1]) / "__init__.py").exists() for i in range(len(inner)))
+            ):
+                continue  # code, caches, hidden files and subpackages (copied only when imported)
+            found.append(path)
+    return sorted(found)
 
 
 def current_files() -> dict[str, bytes]:

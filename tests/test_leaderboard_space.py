@@ -34,6 +34,8 @@ DISTRIBUTIONS = {
     "altair": "altair",
     "huggingface_hub": "huggingface_hub",
     "pydantic": "pydantic",
+    "pydantic_core": "pydantic",  # pinned by pydantic itself
+    "typing_extensions": "typing_extensions",
     "jsonschema": "jsonschema",
 }
 BLOCK_HEAVY = (

@@ -28,6 +28,11 @@ from hubstab.leaderboard import columns as C
 from hubstab.results.io import DEFAULT_RESULTS_DIR
 from hubstab.results.validate import MAX_RECORD_BYTES, load_record, parse_created_at
 
+try:  # the results folder reader that refuses FIFOs, devices and links out of the folder
+    from hubstab.results.io import scan_results as _scan_results
+except ImportError:  # hubstab versions without it: a plain walk (validation is the same)
+    _scan_results = None
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TIMM_RESULTS_CSV = DATA_DIR / "results-imagenet.csv"
 """Published ImageNet-1k validation results of timm models (see data/SOURCE.md)."""
@@ -148,38 +153,49 @@ def resolve_source(source: str | os.PathLike[str] | None, *, local: bool = True)
     return Path(folder), f"hub dataset {text}"
 
 
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return Path(path).relative_to(root)
+    except ValueError:
+        return Path(Path(path).name)
+
+
 def read_results_dir(
     folder: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, max_files: int = MAX_FILES
 ) -> LoadedResults:
     """Read and validate every ``*.json`` below ``folder`` (hidden files and per-sample files skipped).
 
-    Files under ``submissions/`` are marked as submitted by users, the others as the board's own runs.
+    Files under ``submissions/`` are marked as submitted by users, the others as the board's own runs. Paths
+    in the problems are relative to ``folder``.
     """
     root = Path(folder)
     loaded = LoadedResults(source=str(root))
-    paths = sorted(
-        p
-        for p in root.rglob("*.json")
-        if not p.name.endswith(SAMPLES_SUFFIX)
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if len(paths) > max_files:
-        loaded.problems.append(
-            Problem(str(root), f"{len(paths)} files; only the first {max_files} were read")
+    if (
+        _scan_results is not None
+    ):  # the safe folder reader of hubstab.results.io (no FIFOs, no escaping links)
+        scan = _scan_results(root, max_bytes=max_bytes, max_files=max_files)
+        found = [(_relative(path, root), record) for path, record in scan.records]
+        loaded.problems += [Problem(_relative(s.path, root).as_posix(), s.reason) for s in scan.skipped]
+    else:
+        found = []
+        paths = sorted(
+            p
+            for p in root.rglob("*.json")
+            if not p.name.endswith(SAMPLES_SUFFIX)
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
-        paths = paths[:max_files]
-    for path in paths:
-        relative = path.relative_to(root)
-        try:
-            record = load_record(path, max_bytes=max_bytes)
-        except ResultsValidationError as err:
-            loaded.problems.append(Problem(relative.as_posix(), str(err)))
-            continue
-        except Exception as err:  # a validator bug must cost one file, never the board
-            loaded.problems.append(
-                Problem(relative.as_posix(), f"cannot be read: {type(err).__name__}: {err}"[:300])
-            )
-            continue
+        if len(paths) > max_files:
+            loaded.problems.append(Problem(".", f"{len(paths)} files; only the first {max_files} were read"))
+            paths = paths[:max_files]
+        for path in paths:
+            try:
+                found.append((path.relative_to(root), load_record(path, max_bytes=max_bytes)))
+            except ResultsValidationError as err:
+                loaded.problems.append(Problem(path.relative_to(root).as_posix(), str(err)))
+            except Exception as err:  # a validator bug must cost one file, never the board
+                message = f"cannot be read: {type(err).__name__}: {err}"[:300]
+                loaded.problems.append(Problem(path.relative_to(root).as_posix(), message))
+    for relative, record in found:
         record[ORIGIN_KEY] = SUBMITTED if relative.parts[0] == SUBMISSIONS_DIR else BOARD
         loaded.records.append(record)
     return loaded
@@ -370,7 +386,10 @@ def model_link(name: str, adapter: str | None = None) -> str | None:
     name = str(name).strip()
     if _is_local_path(name):
         return None
-    bare = name.removeprefix("hf-hub:").removeprefix("hf_hub:").split("@", 1)[0]
+    bare = name
+    for prefix in ("hf-hub:", "hf_hub:", "timm:", "transformers:"):
+        bare = bare.removeprefix(prefix)
+    bare = bare.split("@", 1)[0]
     if _REPO_ID.fullmatch(bare):
         return f"{HUB_URL}/{bare}"
     if adapter == "timm" and _TIMM_NAME.fullmatch(bare):
