@@ -438,6 +438,13 @@ def test_cli_reports_a_bad_results_source(tmp_path, capsys):
     assert (args.results, args.port, args.host, args.share) == ("x", 7999, "127.0.0.1", False)
     assert main(["leaderboard", "--results", str(tmp_path / "a" / "b")]) == 2
     assert "neither an existing folder nor a hub dataset repo id" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "default $HUBSTAB_RESULTS, else ./hubstab-results (the folder hubstab eval writes)" in usage
+    from hubstab.cli.eval import DEFAULT_RESULTS_DIR
+
+    assert reading.DEFAULT_RESULTS == DEFAULT_RESULTS_DIR == "hubstab-results"  # one default everywhere
 
 
 def test_app_builds_over_an_empty_folder(tmp_path):

@@ -79,6 +79,11 @@ def test_space_folder_is_the_generated_copy_of_the_package():
     assert "hubstab/leaderboard/app.py" in files and "hubstab/results/validate.py" in files
     assert "hubstab/leaderboard/data/results-imagenet.csv" in files
     assert not any(f.startswith(("hubstab/metrics", "hubstab/runner", "hubstab/adapters")) for f in files)
+    # only module-level imports are followed: io.py imports hubstab.metrics (torch) inside a function and
+    # under TYPE_CHECKING, neither of which the Space runs
+    io_imports = sync.module_imports(ROOT / "hubstab" / "results" / "io.py")
+    assert not any(name.startswith(("hubstab.metrics", "torch")) for name in io_imports)
+    assert "hubstab.leaderboard.reading" in sync.module_imports(ROOT / "hubstab" / "leaderboard" / "app.py")
     card = (SPACE_DIR / "README.md").read_text()
     assert "sdk: gradio" in card and "app_file: app.py" in card
 
