@@ -466,7 +466,9 @@ def test_board_reload_picks_up_new_files(records, tmp_path):
     board = app.Board(tmp_path)
     write_records(tmp_path, records[:2])
     assert board.loaded.records == []
-    board.reload()
+    assert not board.refresh(60.0)  # read less than a minute ago: not again
+    assert board.loaded.records == []
+    assert board.refresh(0.0)  # older than asked: read again
     frame, kept, _ = board.table([])
     assert sorted(r["run_id"] for r in kept) == sorted(r["run_id"] for r in records[:2]) and len(frame) == 2
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,21 @@ class Board:
 
     def reload(self) -> None:
         """Read the source again (new files in the folder or new commits in the hub repo)."""
+        self.loaded_at = time.monotonic()
         try:
             self.loaded = reading.load_results(self.source)
         except HubstabError as err:
             if self.strict:
                 raise
             self.loaded = reading.LoadedResults(source=str(self.source), error=str(err))
+
+    def refresh(self, max_age_s: float = REFRESH_S) -> bool:
+        """Read the source again when the last read is older than ``max_age_s`` (every session's timer and
+        page load ask; the source is read once for all of them). Returns whether it was read."""
+        if time.monotonic() - self.loaded_at < max_age_s:
+            return False
+        self.reload()
+        return True
 
     def table(self, session: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[dict[str, Any]], int]:
         """Full table, the records behind it, and how many other runs of the same rows were left out."""
@@ -399,7 +409,7 @@ def build_app(
             protocols,
         ]
 
-        demo.load(render, view_inputs, view_outputs)
+        demo.load(lambda: board.refresh(REFRESH_S)).then(render, view_inputs, view_outputs)
         search.submit(render, view_inputs, view_outputs)
         for component in (
             chosen,
@@ -422,7 +432,7 @@ def build_app(
         ).then(render, view_inputs, view_outputs)
         reload_button.click(reload).then(render, view_inputs, view_outputs)
         timer = gr.Timer(REFRESH_S)
-        timer.tick(reload).then(render, view_inputs, view_outputs)
+        timer.tick(lambda: board.refresh(REFRESH_S * 0.9)).then(render, view_inputs, view_outputs)
     return demo
 
 
