@@ -83,13 +83,19 @@ COLUMNS: tuple[Column, ...] = (
         True,
         "published ImageNet-1k validation top-1 error of these timm weights, percent",
     ),
+    Column(
+        ORIGIN,
+        "str",
+        True,
+        "board: run by the board's maintainers; submitted: sent by a user (pull request or this session)",
+    ),
     Column(FAMILY, "str", True, "architecture family, derived from the model name"),
     Column(ADAPTER, "str", False, "how hubstab loaded the model (timm, transformers, ...)"),
     Column(DATASET, "str", True, "probe data set: hub id (and split), or the name of a local folder"),
     Column(
         PROTOCOL,
         "str",
-        True,
+        False,  # the group chooser above the table names it
         "named protocol (see About), or custom: typical displacement, cut-off, interpolation, estimator",
     ),
     Column(PARAMETERS, "number", True, "number of parameters, millions"),
@@ -101,12 +107,6 @@ COLUMNS: tuple[Column, ...] = (
     Column(TEMPERATURE, "number", False, "temperature of the diffeomorphisms"),
     Column(DELTA, "number", False, "typical displacement of that temperature, pixels"),
     Column(RUN_ID, "str", False, "first 12 hex digits of the run id (hash of the settings)"),
-    Column(
-        ORIGIN,
-        "str",
-        True,
-        "board: run by the board's maintainers; submitted: sent by a user (pull request or this session)",
-    ),
     # optional metrics: columns exist only when a record carries them, and are then shown
     Column(INVARIANCE, "number", True, "empirical equivariance/invariance deviation on the output", True),
     Column(INVARIANCE_SETTING, "str", True, "transformation, mode and metric of that deviation", True),
