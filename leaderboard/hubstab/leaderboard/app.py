@@ -177,7 +177,7 @@ def build_app(
                 value=init_shown,
                 datatype=reading.datatypes(init_shown),
                 label=init_label,
-                visible=bool(show_init) and untrained_count > 0,
+                visible=(bool(show_init) or trained.empty) and untrained_count > 0,  # alone: shown anyway
             ),
             "**Columns.**\n" + reading.legend(shown),
             gr.Markdown(visible=frame.empty),
