@@ -69,6 +69,7 @@ class Board:
         return reading.records_to_frame(kept, self.reference), kept, left_out
 
     def summary(self, session: list[dict[str, Any]], left_out: int) -> str:
+        """The status line: what was read from where, what was skipped, added or left out."""
         text = self.loaded.summary()
         if session:
             text += f"; {len(session)} file(s) added in this session"
