@@ -9,24 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from _leaderboard_records import (
-    LEADERBOARD_DIR,
-    leaderboard_on_path,
-    measure,
-    mlp,
-    quick_linear,
-    random_cnn,
-    write_records,
-)
+from _leaderboard_records import measure, mlp, quick_linear, random_cnn, write_records
 
 from hubstab.errors import HubstabError
-
-leaderboard_on_path()
-
-import columns as C  # noqa: E402
-import fitting  # noqa: E402
-import plots  # noqa: E402
-import reading  # noqa: E402
+from hubstab.leaderboard import columns as C
+from hubstab.leaderboard import fitting, plots, reading
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +36,7 @@ def _timm_rows() -> dict[str, list[tuple[int, float]]]:
 
 
 def test_shipped_reference_keeps_its_source_note():
-    note = (LEADERBOARD_DIR / "data" / "SOURCE.md").read_text()
+    note = (reading.DATA_DIR / "SOURCE.md").read_text()
     assert "pytorch-image-models" in note and "Apache-2.0" in note
     assert len(_timm_rows()) > 1000
 
@@ -81,7 +68,10 @@ def test_table_ranks_by_relative_stability(records):
     frame = reading.records_to_frame(records)
     measured = sorted(r["results"]["relative_stability"] for r in records)
     assert frame[C.R_F].tolist() == measured
-    assert frame[C.RANK].tolist() == [1, 2, 3, 4]
+    # only the trained model is ranked; the random initialisations are not ranked among trained models
+    trained = [r["config"]["pretrained"] is not False for r in records]
+    assert frame[C.RANK].notna().tolist() == [not u for u in frame[reading.UNTRAINED]]
+    assert frame[C.RANK].dropna().tolist() == [1] and sum(trained) == 1
     assert (
         frame[C.MODEL].iloc[0]
         == min(records, key=lambda r: r["results"]["relative_stability"])["config"]["model_name"]
@@ -94,7 +84,7 @@ def test_table_ranks_by_relative_stability(records):
     )
     assert row[C.IMAGES] == 64 and row[C.INPUT_SIZE] == "28x28"
     assert row[C.PARAMETERS] == pytest.approx(7850 / 1e6)
-    assert row[C.PROTOCOL] == "delta=1px cut=3 linear mean"
+    assert row[C.PROTOCOL] == "custom (delta=1px cut=3 linear mean)"
     assert row[C.DATASET] == "fashion_mnist [test]"
     lo, hi = rec["results"]["relative_stability_ci"]
     assert row[C.R_F_INTERVAL] == f"{lo:.3g} - {hi:.3g} (95%)"
@@ -120,7 +110,9 @@ def test_optional_metric_columns_appear_when_present(records):
 
 
 def test_rank_counts_within_dataset_and_protocol_and_missing_last(records):
-    other = measure(random_cnn(4), "fmnist/smallcnn-init-seed4", pretrained=False, num_images=32, bootstrap=0)
+    other = measure(
+        quick_linear(4, steps=5), "fmnist/linear-short", pretrained=True, num_images=32, bootstrap=0
+    )
     other["config"]["split"] = "validation"  # a different group: ranked on its own
     missing = copy.deepcopy(records[2])
     missing["config"]["model_name"] = "fmnist/no-r"
@@ -131,7 +123,8 @@ def test_rank_counts_within_dataset_and_protocol_and_missing_last(records):
     in_other = frame[frame[C.DATASET] == "fashion_mnist [validation]"]
     assert in_other[C.RANK].tolist() == [1] and in_other[C.R_F_INTERVAL].tolist() == ["n/a"]
     main = frame[frame[C.DATASET] == "fashion_mnist [test]"].dropna(subset=[C.R_F])
-    assert main[C.RANK].tolist() == [1, 2, 3, 4]
+    assert main[C.RANK].dropna().tolist() == [1]
+    assert reading.default_group(frame) == "fashion_mnist [test] | custom (delta=1px cut=3 linear mean)"
 
 
 def test_newest_run_wins_by_created_at_not_file_name(tmp_path):
@@ -154,7 +147,7 @@ def test_newest_run_wins_by_created_at_not_file_name(tmp_path):
     (tmp_path / "a_new.json").write_text(json.dumps(old))
     (tmp_path / "z_old.json").write_text(json.dumps(new))
     loaded = reading.read_results_dir(tmp_path)
-    kept, dropped = reading.latest_records(loaded.records)
+    kept, dropped = reading.select_runs(loaded.records)
     assert dropped == 1 and [r["run_id"] for r in kept] == [new["run_id"]]
     frame = reading.records_to_frame(kept)
     assert frame[C.R_F].tolist() == [new["results"]["relative_stability"]]
@@ -166,7 +159,7 @@ def test_trained_and_untrained_runs_of_a_model_are_separate_rows():
     trained = measure(random_cnn(5), "fmnist/cnn", pretrained=True, num_images=16)
     untrained = measure(random_cnn(6), "fmnist/cnn", pretrained=False, num_images=16)
     assert reading.record_key(trained) != reading.record_key(untrained)
-    kept, dropped = reading.latest_records([trained, untrained])
+    kept, dropped = reading.select_runs([trained, untrained])
     assert dropped == 0 and len(kept) == 2
 
 
@@ -181,7 +174,7 @@ def test_filters(records):
     assert len(reading.filter_frame(frame, families=["smallcnn"])) == 2
     assert reading.filter_frame(frame, adapters=["custom"])[C.MODEL].tolist() == ["fmnist/mlp-init-seed3"]
     assert reading.filter_frame(frame, datasets=["imagenet"]).empty
-    assert len(reading.filter_frame(frame, protocols=["delta=1px cut=3 linear mean"])) == 4
+    assert len(reading.filter_frame(frame, protocols=["custom (delta=1px cut=3 linear mean)"])) == 4
     both = reading.filter_frame(frame, families=["smallcnn"], search="seed2")
     assert both[C.MODEL].tolist() == ["fmnist/smallcnn-init-seed2"]
     assert reading.choices(frame, C.FAMILY) == ["linear", "mlp", "smallcnn"]
@@ -191,9 +184,17 @@ def test_display_frame_keeps_order_and_chosen_columns(records):
     frame = reading.records_to_frame(records)
     shown = reading.display_frame(frame, [C.TEST_ERROR, C.RUN_ID])
     assert list(shown.columns) == [C.RANK, C.MODEL, C.R_F, C.TEST_ERROR, C.RUN_ID]
-    assert shown[C.MODEL].tolist() == frame[C.MODEL].tolist()
+    assert shown[C.MODEL].tolist() == [
+        reading.model_markdown(m, reading.model_link(m)) for m in frame[C.MODEL]
+    ]  # hub ids linked to their page
+    assert shown[C.MODEL].iloc[0].endswith(f"](https://huggingface.co/{frame[C.MODEL].iloc[0]})")
+    plain = reading.display_frame(frame, [C.TEST_ERROR, C.RUN_ID], links=False)
+    assert plain[C.MODEL].tolist() == frame[C.MODEL].tolist()
     assert shown[C.R_F].tolist() == [float(f"{r:.3g}") for r in frame[C.R_F]]
-    assert list(reading.display_frame(frame).columns) == [c for c in C.DEFAULT_COLUMNS if c in frame]
+    assert frame[C.TIMM_ERROR].isna().all()  # no timm reference for these models: an empty column, hidden
+    assert list(reading.display_frame(frame).columns) == [
+        c for c in C.DEFAULT_COLUMNS if c in frame and c != C.TIMM_ERROR
+    ]
 
 
 @pytest.mark.parametrize(
@@ -304,10 +305,16 @@ def test_law_plot_over_measured_models(records):
     )
     assert law.correlation.n == 4
     spec = law.chart.to_dict()
-    points = [layer for layer in spec["layer"] if layer["mark"]["type"] == "circle"]
-    assert len(points) == 1
-    data = spec["datasets"][points[0]["data"]["name"]]
-    assert sorted(d["model"] for d in data) == sorted(r["config"]["model_name"] for r in records)
+    points = [layer for layer in spec["layer"] if layer["mark"]["type"] in ("circle", "point")]
+    assert len(points) == 2  # trained: filled circles; at initialisation: hollow diamonds
+    data = {p["mark"]["type"]: spec["datasets"][p["data"]["name"]] for p in points}
+    assert sorted(d["model"] for d in data["circle"] + data["point"]) == sorted(
+        r["config"]["model_name"] for r in records
+    )
+    assert {d["state"] for d in data["circle"]} == {plots.TRAINED}
+    assert {d["state"] for d in data["point"]} == {plots.AT_INIT}
+    point_layer = next(p for p in points if p["mark"]["type"] == "point")
+    assert point_layer["mark"]["shape"] == "diamond" and point_layer["mark"]["filled"] is False
     assert points[0]["encoding"]["x"]["scale"]["type"] == "log"
     assert points[0]["encoding"]["y"]["scale"]["type"] == "log"
     assert {t["field"] for t in points[0]["encoding"]["tooltip"]} >= {"model", "R_f", "error"}
@@ -331,8 +338,8 @@ def test_law_plot_can_leave_untrained_models_out_of_the_fit(records):
     assert law.fit.a == pytest.approx(expected.a)
     assert f"{len(records) - len(trained)} untrained model(s) plotted, not fitted" in law.note
     spec = law.chart.to_dict()
-    points = [layer for layer in spec["layer"] if layer["mark"]["type"] == "circle"]
-    assert len(spec["datasets"][points[0]["data"]["name"]]) == len(records)  # all still plotted
+    points = [layer for layer in spec["layer"] if layer["mark"]["type"] in ("circle", "point")]
+    assert sum(len(spec["datasets"][p["data"]["name"]]) for p in points) == len(records)  # all still plotted
 
 
 def test_law_plot_picks_one_dataset_and_protocol(records):
@@ -342,6 +349,18 @@ def test_law_plot_picks_one_dataset_and_protocol(records):
     law = plots.law_plot(frame)
     assert law.dataset == "fashion_mnist [test]" and law.fit.n == 4
     assert "largest of 2" in law.note
+    chosen = plots.law_plot(
+        frame, group=reading.group_labels(frame)[frame[C.DATASET] == "elsewhere [test]"].iloc[0]
+    )
+    assert chosen.dataset == "elsewhere [test]" and chosen.fit.n == 1 and "one of 2" in chosen.note
+    both = plots.law_plot(frame, include_untrained=False, all_groups=True)
+    assert sorted(both.group_fits) == sorted(set(frame[reading.GROUP]))
+    main = next(g for g in both.group_fits if g.startswith("fashion_mnist"))
+    assert both.group_fits[main].n == 1  # the trained model only
+    assert both.group_fits[main].a == pytest.approx(both.fit.a)
+    spec = both.chart.to_dict()
+    line = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")
+    assert {d["group"] for d in spec["datasets"][line["data"]["name"]]} == set(both.group_fits)
 
 
 def test_detail_charts(records):
@@ -419,18 +438,39 @@ def test_cli_reports_a_bad_results_source(tmp_path, capsys):
     assert (args.results, args.port, args.host, args.share) == ("x", 7999, "127.0.0.1", False)
     assert main(["leaderboard", "--results", str(tmp_path / "a" / "b")]) == 2
     assert "neither an existing folder nor a hub dataset repo id" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "default $HUBSTAB_RESULTS, else ./hubstab-results (the folder hubstab eval writes)" in usage
+    from hubstab.cli.eval import DEFAULT_RESULTS_DIR
+
+    assert reading.DEFAULT_RESULTS == DEFAULT_RESULTS_DIR == "hubstab-results"  # one default everywhere
 
 
 def test_app_builds_over_an_empty_folder(tmp_path):
-    from hubstab.cli.leaderboard import load_app
+    from hubstab.leaderboard import app
 
-    app = load_app()
     frame = reading.records_to_frame([])
     assert frame.empty and list(reading.display_frame(frame).columns)[:3] == [C.RANK, C.MODEL, C.R_F]
     assert plots.law_plot(frame).chart is None
     board = app.Board(tmp_path)
     assert board.loaded.records == [] and "0 valid results file(s)" in board.loaded.summary()
-    assert app.build_app(tmp_path) is not None
+    demo = app.build_app(tmp_path)
+    timers = [c for c in demo.config["components"] if c.get("type") == "timer"]
+    assert [t["props"]["value"] for t in timers] == [app.REFRESH_S] == [600.0]  # re-read every 10 minutes
+
+
+def test_board_reload_picks_up_new_files(records, tmp_path):
+    from hubstab.leaderboard import app
+
+    board = app.Board(tmp_path)
+    write_records(tmp_path, records[:2])
+    assert board.loaded.records == []
+    assert not board.refresh(60.0)  # read less than a minute ago: not again
+    assert board.loaded.records == []
+    assert board.refresh(0.0)  # older than asked: read again
+    frame, kept, _ = board.table([])
+    assert sorted(r["run_id"] for r in kept) == sorted(r["run_id"] for r in records[:2]) and len(frame) == 2
 
 
 @pytest.mark.slow
@@ -463,3 +503,216 @@ def test_real_timm_model_gets_its_published_error(efficientnet_lite0, imagenet_p
     law = plots.law_plot(frame, plots.TIMM_REFERENCE_ERROR)
     assert law.chart is not None and law.fit.n == 1
     assert law.fit.a == pytest.approx(row[C.TIMM_ERROR] / 100 / math.sqrt(result.relative_stability))
+
+
+@pytest.fixture(scope="module")
+def trained_records() -> list[dict]:
+    """Three models trained on Fashion-MNIST for about a second each (different R_f and errors)."""
+    return [
+        measure(quick_linear(5, steps=30), "fmnist/linear-30-steps", pretrained=True),
+        measure(quick_linear(1, steps=6), "fmnist/linear-6-steps", pretrained=True),
+        measure(quick_linear(2, steps=40, hidden=32), "fmnist/mlp-40-steps", pretrained=True),
+    ]
+
+
+def test_ranks_count_trained_models_within_each_group(records, trained_records):
+    untrained = [r for r in records if r["config"]["pretrained"] is False]
+    elsewhere = copy.deepcopy(trained_records[1])
+    elsewhere["config"]["dataset"] = "elsewhere"
+    frame = reading.records_to_frame([*records, *trained_records, elsewhere])
+    main = "fashion_mnist [test] | custom (delta=1px cut=3 linear mean)"
+    assert [g for g, _ in reading.groups(frame)] == [
+        main,
+        "elsewhere [test] | custom (delta=1px cut=3 linear mean)",
+    ]
+    assert reading.groups(frame)[0][1] == 4 and reading.default_group(frame) == main
+    labels = dict((v, k) for k, v in reading.group_choices(frame))
+    assert labels[main] == f"{main} (4 models, {len(untrained)} at initialisation)"
+    shown = reading.filter_frame(frame, group=main, untrained=False)
+    trained_names = {r["config"]["model_name"] for r in [records[0], *trained_records]}
+    assert set(shown[C.MODEL]) == trained_names
+    assert shown[C.RANK].tolist() == [1, 2, 3, 4]  # 1..n within the group, in order of R_f
+    assert shown[C.R_F].is_monotonic_increasing
+    init = reading.filter_frame(frame, group=main, untrained=True)
+    assert len(init) == len(untrained) and init[C.RANK].isna().all()
+    other = reading.filter_frame(frame, group="elsewhere [test] | custom (delta=1px cut=3 linear mean)")
+    assert other[C.RANK].tolist() == [1]
+
+
+def test_a_models_row_is_its_run_with_the_most_images():
+    model = quick_linear(3, steps=10)
+    small = measure(model, "fmnist/linear", pretrained=True, num_images=32, bootstrap=0)
+    large = measure(model, "fmnist/linear", pretrained=True, num_images=64, bootstrap=0)
+    assert reading.record_key(small) == reading.record_key(large)
+    large["created_at"] = "2026-01-01T00:00:00+00:00"
+    small["created_at"] = "2026-06-01T00:00:00+00:00"  # newer, but fewer probe images
+    kept, left_out = reading.select_runs([large, small])
+    assert left_out == 1 and kept[0]["run_id"] == large["run_id"]
+    assert reading.records_to_frame(kept)[C.IMAGES].tolist() == [64]
+
+
+def test_local_paths_are_shown_by_their_folder_name(records):
+    rec = copy.deepcopy(records[0])
+    rec["config"]["dataset"] = "/tmp/pytest-of-someone/pytest-7/data0/fashion-mnist-test"
+    rec["config"]["split"] = "train"
+    rec["config"]["model_name"] = "/home/someone/models/my-cnn/"
+    hub = copy.deepcopy(records[0])
+    hub["config"]["model_name"] = "hf-hub:timm/resnet18.a1_in1k@main"
+    timm_name = copy.deepcopy(records[0])
+    timm_name["config"].update(model_name="resnet18.a1_in1k", adapter="timm")
+    frame = reading.records_to_frame([rec, hub, timm_name])
+    shown = reading.display_frame(frame, [c.name for c in C.COLUMNS])
+    text = shown.astype(str).to_string()
+    assert "/tmp" not in text and "/home" not in text and "someone" not in text
+    row = frame[frame[C.MODEL] == "my-cnn"].iloc[0]
+    assert row[C.DATASET] == "fashion-mnist-test [train]" and not isinstance(row[reading.LINK], str)
+    cells = dict(zip(frame[C.MODEL], shown[C.MODEL], strict=True))
+    assert cells["my-cnn"] == r"my\-cnn"  # plain text, no link
+    assert cells["hf-hub:timm/resnet18.a1_in1k@main"].endswith(
+        "](https://huggingface.co/timm/resnet18.a1_in1k)"
+    )
+    assert cells["resnet18.a1_in1k"] == r"[resnet18\.a1\_in1k](https://huggingface.co/timm/resnet18.a1_in1k)"
+    assert reading.model_link("resnet18", adapter="torch") is None
+    assert reading.local_name("C:\\data\\val-images\\") == "val-images"
+    assert reading.dataset_label({"dataset": "./imagenet-photos"}) == "imagenet-photos"
+    assert reading.dataset_label({"dataset": "benjamin-paine/imagenet-1k", "split": "validation"}) == (
+        "benjamin-paine/imagenet-1k [validation]"
+    )
+
+
+def test_markup_in_a_name_is_escaped():
+    name = '<img src=x onerror="alert(1)">[click](javascript:alert(1)) *x* & co'
+    cell = reading.model_markdown(name, reading.model_link(name))
+    assert "<" not in cell and ">" not in cell and "](" not in cell.replace(r"\]\(", "")
+    assert "&lt;img" in cell and "&amp; co" in cell
+
+
+def test_empty_columns_are_hidden_and_every_column_has_a_description(records):
+    frame = reading.records_to_frame(records)  # no timm reference, no equivariance
+    shown = reading.display_frame(frame, [c.name for c in C.COLUMNS])
+    assert C.TIMM_ERROR not in shown and C.TIMM_ERROR in frame
+    assert {C.RANK, C.MODEL, C.R_F, C.TEST_ERROR, C.ORIGIN} <= set(shown.columns)
+    legend = reading.legend(shown)
+    for column in shown.columns:
+        assert reading.escape_markdown(C.BY_NAME[column].help) in legend
+    assert reading.datatypes(shown)[list(shown.columns).index(C.MODEL)] == "markdown"
+
+
+def test_protocol_name_from_the_record(records):
+    rec = copy.deepcopy(records[0])
+    assert reading.protocol_label(rec["config"]) == "custom (delta=1px cut=3 linear mean)"
+    rec["config"]["protocol"].update(name="in1k-v1", version=1)
+    assert reading.protocol_label(rec["config"]) == "in1k-v1"
+    rec["config"]["protocol"].update(name="paper", version=2)
+    assert reading.protocol_label(rec["config"]) == "paper v2"
+    rec["config"]["protocol"].update(name=["not", "a", "string"])
+    assert reading.protocol_label(rec["config"]).startswith("custom (")
+
+
+def test_no_results_source_is_an_empty_board(tmp_path, monkeypatch, records):
+    from hubstab.leaderboard import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(reading.RESULTS_ENV, raising=False)
+    loaded = reading.load_results(None)
+    assert loaded.source == reading.NO_SOURCE and loaded.records == [] and loaded.error is None
+    assert "./hubstab-results does not exist" in loaded.summary()
+    assert app.Board(None).loaded.records == []
+    write_records(tmp_path / "hubstab-results", records[:2])  # the folder hubstab eval writes
+    assert len(reading.load_results(None).records) == 2
+    write_records(tmp_path / "elsewhere", records[:1])
+    monkeypatch.setenv(reading.RESULTS_ENV, str(tmp_path / "elsewhere"))  # the variable overrides
+    assert len(reading.load_results(None).records) == 1
+    monkeypatch.setenv(reading.RESULTS_ENV, "no-such-org/no-such-results")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    board = app.Board(None)  # a Space whose repo cannot be reached starts, empty, and says why
+    assert board.loaded.records == [] and "cannot fetch the results dataset" in board.loaded.summary()
+    with pytest.raises(HubstabError, match="cannot fetch"):
+        app.Board(None, strict=True)
+
+
+def test_files_under_submissions_are_marked_submitted(records, tmp_path):
+    write_records(tmp_path, records[:1])
+    write_records(tmp_path / reading.SUBMISSIONS_DIR, records[1:2])
+    loaded = reading.read_results_dir(tmp_path)
+    frame = reading.records_to_frame(loaded.records)
+    origin = dict(zip(frame[C.MODEL], frame[C.ORIGIN], strict=True))
+    assert origin == {
+        records[0]["config"]["model_name"]: reading.BOARD,
+        records[1]["config"]["model_name"]: reading.SUBMITTED,
+    }
+
+
+class FakeHfApi:
+    """Records the calls the leaderboard makes at the HfApi boundary (no hub is reachable here)."""
+
+    def __init__(self, files: list[str] | None = None, fail: bool = False):
+        self.commits: list[dict] = []
+        self.files = list(files or [])
+        self.fail = fail
+
+    def create_commit(self, **kwargs):
+        if self.fail:
+            raise RuntimeError("401 Unauthorized")
+        self.commits.append(kwargs)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(pr_url="https://huggingface.co/datasets/org/results/discussions/7")
+
+    def list_repo_files(self, repo_id, repo_type=None):
+        assert repo_type == "dataset"
+        return self.files + [op.path_in_repo for c in self.commits for op in c["operations"]]
+
+
+def test_submission_opens_a_pull_request(records, tmp_path):
+    from hubstab.leaderboard import submit
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(records[0]))
+    record = reading.accept_submission(str(path))
+    api = FakeHfApi()
+    target = submit.HubTarget("org/results", "hf_token")
+    url = submit.open_pull_request(record, path.read_bytes(), target, api=api)
+    assert url.endswith("/discussions/7")
+    (commit,) = api.commits
+    assert commit["repo_id"] == "org/results" and commit["repo_type"] == "dataset" and commit["create_pr"]
+    (op,) = commit["operations"]
+    assert op.path_in_repo == f"submissions/fmnist__linear-trained/{records[0]['run_id'][:16]}.json"
+    assert op.path_or_fileobj == path.read_bytes()
+    with pytest.raises(HubstabError, match="no results repo with a write token"):
+        submit.open_pull_request(record, b"", submit.HubTarget("org/results", None), api=api)
+    with pytest.raises(HubstabError, match=r"refused the pull request.*401"):
+        submit.open_pull_request(record, b"{}", target, api=FakeHfApi(fail=True))
+
+
+def test_evaluation_requests_are_appended_to_the_repo(monkeypatch):
+    import datetime as dt
+
+    from hubstab.leaderboard import submit
+
+    api = FakeHfApi(files=["results/x.json"])
+    target = submit.HubTarget("org/results", "hf_token")
+    now = dt.datetime(2026, 11, 23, 17, 0, 5, tzinfo=dt.timezone.utc)
+    path = submit.request_evaluation("timm/resnet18.a1_in1k", target, api=api, now=now, protocol="in1k-v1")
+    assert path == "requests/timm__resnet18.a1_in1k/20261123T170005@main.json"
+    (commit,) = api.commits
+    assert not commit.get("create_pr") and commit["repo_type"] == "dataset"
+    request = json.loads(commit["operations"][0].path_or_fileobj)
+    assert request == {
+        "model": "timm/resnet18.a1_in1k",
+        "revision": "main",
+        "protocol": "in1k-v1",
+        "status": "PENDING",
+        "submitted_at": "2026-11-23T17:00:05+00:00",
+    }
+    with pytest.raises(HubstabError, match="already requested"):
+        submit.request_evaluation("timm/resnet18.a1_in1k", target, api=api)
+    for bad in ("../etc/passwd", "/abs/path", "a b", "<b>x</b>", "https://evil.example/x", ""):
+        with pytest.raises(HubstabError, match="not a hub model id"):
+            submit.request_evaluation(bad, target, api=api)
+    with pytest.raises(HubstabError, match="cannot be recorded"):
+        submit.request_evaluation("org/model", submit.HubTarget(None, None), api=api)
+    monkeypatch.setenv("HUBSTAB_RESULTS", "org/results")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    assert submit.HubTarget.from_env().writable
+    assert not submit.HubTarget.from_env("./some/local/folder").writable
