@@ -116,7 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--batchnorm",
         default="eval",
         choices=["eval", "batch"],
-        help="BatchNorm statistics: running (eval, default) or batch (the paper at initialisation)",
+        help="BatchNorm statistics: running (eval, default) or batch: those of the whole probe set per input "
+        "kind, as the paper at initialisation (independent of --batch-size and processes)",
     )
     g.add_argument(
         "--noise-space",

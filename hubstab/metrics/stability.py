@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from hubstab.metrics import batchnorm as bn
+from hubstab.metrics.outputs import OUTPUT, representations
+from hubstab.metrics.outputs import as_logits as as_logits  # re-exported: hubstab.metrics.stability.as_logits
 from hubstab.metrics.result import StabilityPoint, StabilityResult
 from hubstab.perturbations import rng
 from hubstab.perturbations.diffeo import (
@@ -45,34 +47,10 @@ NOISE_SPACES: tuple[str, ...] = ("pixel", "normalized")
 """Where the noise is isotropic: the model's input in [0, 1] (default) or after mean/std normalisation."""
 DENOMINATORS: tuple[str, ...] = ("distinct", "all-pairs")
 """Pairs of the denominator: distinct images (default) or the authors' P x P including the zero self-pairs."""
-OUTPUT = "output"
-"""Name of the network's output (logits) among the representations."""
 MEDIAN_PAIR_LIMIT = 3000
 """Above this many images the median denominator uses a seeded sample of 2,000,000 pairs instead of all."""
 
 Forward = Callable[[torch.Tensor], "torch.Tensor | Mapping[str, torch.Tensor]"]
-
-
-def as_logits(output: Any) -> torch.Tensor:
-    """The logits of a model output: a tensor, an object with ``.logits``, a mapping or the first of a tuple."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
-
-
-def _representations(output: Any) -> dict[str, torch.Tensor]:
-    if isinstance(output, Mapping) and OUTPUT in output:
-        reps = dict(output)
-        reps[OUTPUT] = as_logits(reps[OUTPUT])
-        return reps
-    return {OUTPUT: as_logits(output)}
 
 
 @dataclass
@@ -219,7 +197,7 @@ def _forward(
         if normalize is not None:
             chunk = chunk.sub_(normalize[0]) if owned else chunk - normalize[0]
             chunk = chunk.div_(normalize[1])
-        for name, rep in _representations(forward(chunk)).items():
+        for name, rep in representations(forward(chunk)).items():
             pieces.setdefault(name, []).append(rep.reshape(rep.shape[0], -1).float())
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
 
@@ -635,7 +613,7 @@ def settings_dict(
     denominator: str = "distinct",
 ) -> dict[str, Any]:
     """Every setting that produced a result, in the form results files record."""
-    from hubstab import __version__
+    from hubstab._version import __version__
 
     height, width = image_size
     if noise_space not in NOISE_SPACES:
