@@ -255,3 +255,58 @@ def test_unknown_options_are_rejected(fmnist):
         hubstab.relative_stability(model, fmnist[0][:4], denominator="pairs")
     with pytest.raises(ValueError, match=r"nn\.Module"):
         hubstab.relative_stability(lambda b: model(b), fmnist[0][:4], batchnorm="batch")
+
+
+# --- the options through the runner, the results file and the CLI --------------------------------------------
+
+
+@pytest.mark.slow
+def test_runner_records_the_options_and_equals_the_functional_api(untrained_resnet, fmnist, tmp_path):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from hubstab.adapters import DataConfig, load_probe_set
+    from hubstab.results.validate import load_record
+    from hubstab.runner import evaluate
+
+    x, y = fmnist[0][:12], fmnist[1][:12]
+    images = [Image.fromarray((img[0].numpy() * 255).astype(np.uint8)) for img in x]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    ds = datasets.Dataset.from_dict({"image": images, "label": y.tolist()}, features=features)
+    dc = DataConfig(input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear", **FMNIST_NORM)
+    options = dict(interp="gaussian", noise_space="normalized", denominator="all-pairs", batchnorm="batch")
+    res = evaluate(
+        untrained_resnet, ds, num_images=12, data_config=dc, output_dir=str(tmp_path), num_workers=0,
+        bootstrap=50, batch_size=15, label_map="identity", **options,
+    )  # fmt: skip
+    rows = torch.tensor(load_probe_set(ds, num_images=12, seed=0).info["indices"])
+    x8 = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images]))[:, None]
+    ref = hubstab.relative_stability(
+        untrained_resnet, x8[rows], indices=rows, bootstrap=50, batch_size=30, **FMNIST_NORM, **options
+    )
+    assert res.relative_stability == pytest.approx(ref.relative_stability, rel=1e-5)
+    assert res.noise_stability == pytest.approx(ref.noise_stability, rel=1e-5)
+    (path,) = list(tmp_path.rglob("*.json"))
+    protocol = load_record(path)["config"]["protocol"]
+    assert protocol["noise_space"] == "normalized"
+    assert protocol["denominator_pairs"] == "all-pairs" and "self-pairs" in protocol["denominator"]
+    assert "whole probe set" in protocol["batchnorm_statistics"]
+    assert protocol["batchnorm_statistics_processes"] == 1
+    assert "smoothed" in protocol["clean_reference"]
+
+
+def test_cli_options_reach_the_config():
+    from hubstab.cli import build_parser
+    from hubstab.cli.eval import config_from_args
+    from hubstab.errors import HubstabError
+    from hubstab.runner.config import EvalConfig
+
+    args = build_parser().parse_args(
+        ["eval", "m", "--noise-space", "normalized", "--denominator", "all-pairs"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.noise_space, cfg.denominator) == ("normalized", "all-pairs")
+    assert (EvalConfig().noise_space, EvalConfig().denominator) == ("pixel", "distinct")
+    with pytest.raises(HubstabError, match="noise-space"):
+        EvalConfig(model="m", noise_space="normalised").validate()
