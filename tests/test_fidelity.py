@@ -93,11 +93,11 @@ def test_batch_statistics_are_those_of_the_whole_probe_set(untrained_resnet, fmn
     float32 the convolutions' own round-off differs between batch sizes by about 1e-6.
     """
     model = copy.deepcopy(untrained_resnet).to(dtype)
-    x = fmnist[0][:12].to(dtype)
+    x = fmnist[0][:8].to(dtype)
     t = temperature_for_displacement(1.0, 3, 28)
     d_ref, g_ref = _one_forward_per_kind(model, x, t)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sizes = (4, 9, 36) if dtype == torch.float64 else (36,)
+    sizes = (3, 7, 24) if dtype == torch.float64 else (24,)
     results = [
         hubstab.relative_stability(model, x, batchnorm="batch", batch_size=bs, bootstrap=0, **FMNIST_NORM)
         for bs in sizes
