@@ -122,7 +122,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--batchnorm",
         default="eval",
         choices=["eval", "batch"],
-        help="BatchNorm statistics: running (eval, default) or batch (the paper at initialisation)",
+        help="BatchNorm statistics: running (eval, default) or batch: those of the whole probe set per input "
+        "kind, as the paper at initialisation (independent of --batch-size and processes)",
+    )
+    g.add_argument(
+        "--noise-space",
+        default="pixel",
+        choices=["pixel", "normalized"],
+        help="noise isotropic in [0, 1] pixels (default) or after mean/std normalisation (the authors' "
+        "CIFAR-10 / Fashion-MNIST setting)",
+    )
+    g.add_argument(
+        "--denominator",
+        default="distinct",
+        choices=["distinct", "all-pairs"],
+        help="pairs of the denominator: distinct images (default) or the authors' P x P with self-pairs",
     )
     g.add_argument("--layers", help="also measure layers: 'blocks', 'all', or comma-separated module names")
     g.add_argument(
@@ -278,6 +292,8 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         bootstrap=args.bootstrap,
         batchnorm=args.batchnorm,
+        noise_space=args.noise_space,
+        denominator=args.denominator,
         layers=[s.strip() for s in args.layers.split(",")]
         if args.layers and "," in args.layers
         else ([args.layers] if args.layers else None),

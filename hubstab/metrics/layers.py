@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hubstab.errors import HubstabError
-from hubstab.metrics.stability import OUTPUT, as_logits
+from hubstab.metrics.outputs import OUTPUT, as_logits
 
 LayerSpec = str | Sequence[str]
 """``"blocks"``, ``"all"``, a comma-separated string of module names, or a sequence of module names."""

@@ -15,55 +15,42 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
+from hubstab.metrics import batchnorm as bn
+from hubstab.metrics.outputs import OUTPUT, representations
+from hubstab.metrics.outputs import as_logits as as_logits  # re-exported: hubstab.metrics.stability.as_logits
 from hubstab.metrics.result import StabilityPoint, StabilityResult
 from hubstab.perturbations import rng
 from hubstab.perturbations.diffeo import (
     INTERPOLATIONS,
     apply_coefficients,
     effective_side,
+    reference_images,
     sample_coefficients,
     temperature_for_displacement,
     typical_displacement,
 )
 from hubstab.perturbations.noise import direction_norms, match_norm
 
+if TYPE_CHECKING:
+    from hubstab.metrics.batchnorm import FullSetStatistics
+
 Estimator = Literal["mean", "median"]
 ESTIMATORS: tuple[str, ...] = ("mean", "median")
-OUTPUT = "output"
-"""Name of the network's output (logits) among the representations."""
+NOISE_SPACES: tuple[str, ...] = ("pixel", "normalized")
+"""Where the noise is isotropic: the model's input in [0, 1] (default) or after mean/std normalisation."""
+DENOMINATORS: tuple[str, ...] = ("distinct", "all-pairs")
+"""Pairs of the denominator: distinct images (default) or the authors' P x P including the zero self-pairs."""
 MEDIAN_PAIR_LIMIT = 3000
 """Above this many images the median denominator uses a seeded sample of 2,000,000 pairs instead of all."""
 
 Forward = Callable[[torch.Tensor], "torch.Tensor | Mapping[str, torch.Tensor]"]
-
-
-def as_logits(output: Any) -> torch.Tensor:
-    """The logits of a model output: a tensor, an object with ``.logits``, a mapping or the first of a tuple."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
-
-
-def _representations(output: Any) -> dict[str, torch.Tensor]:
-    if isinstance(output, Mapping) and OUTPUT in output:
-        reps = dict(output)
-        reps[OUTPUT] = as_logits(reps[OUTPUT])
-        return reps
-    return {OUTPUT: as_logits(output)}
 
 
 @dataclass
@@ -210,9 +197,102 @@ def _forward(
         if normalize is not None:
             chunk = chunk.sub_(normalize[0]) if owned else chunk - normalize[0]
             chunk = chunk.div_(normalize[1])
-        for name, rep in _representations(forward(chunk)).items():
+        for name, rep in representations(forward(chunk)).items():
             pieces.setdefault(name, []).append(rep.reshape(rep.shape[0], -1).float())
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pieces.items()}
+
+
+def _perturbations(
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    indices: torch.Tensor,
+    temperatures: Sequence[float],
+    *,
+    cut: int,
+    interp: str,
+    seed: int,
+    repeats: int,
+    scale: torch.Tensor | None,
+) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """(draw, temperature index, [deformed images, eta]) for every draw and temperature, draws outer.
+
+    A noise direction is drawn once per draw and rescaled for every temperature; on the last temperature it
+    is rescaled in place, so consume each eta before asking for the next. The generator keeps no reference
+    to the yielded tensors once the caller empties the list.
+    """
+    n_t = len(temperatures)
+    for r in range(repeats):
+        direction = rng.normal(seed, _stream("noise", r), indices, images[0].numel()).view_as(images)
+        direction_norm = direction_norms(direction)
+        for t, temperature in enumerate(temperatures):
+            coefficients = sample_coefficients(
+                float(temperature), cut, indices=indices, seed=seed, stream=_stream("diffeo", r)
+            )
+            deformed = apply_coefficients(images, coefficients, cut, interp)
+            eta = match_norm(
+                direction,
+                reference,
+                deformed,
+                direction_norm=direction_norm,
+                in_place=t == n_t - 1,
+                scale=scale,
+            )
+            pair = [deformed, eta]
+            del deformed, eta
+            yield r, t, pair
+
+
+def _noise_scale(
+    noise_space: str, normalize: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor | None:
+    if noise_space not in NOISE_SPACES:
+        raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {noise_space!r}")
+    return normalize[1] if noise_space == "normalized" and normalize is not None else None
+
+
+def input_kind(kind: str, temperature: float | None = None, draw: int = 0) -> Hashable:
+    """Key of one input kind for per-kind BatchNorm statistics: ``"clean"``, or (kind, T, draw)."""
+    return "clean" if kind == "clean" else (kind, float(temperature), int(draw))
+
+
+def perturbed_inputs(
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    temperatures: Sequence[float],
+    *,
+    cut: int = 3,
+    interp: str = "linear",
+    seed: int = 0,
+    repeats: int = 1,
+    noise_space: str = "pixel",
+    normalize: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Iterator[tuple[Hashable, torch.Tensor]]:
+    """The model inputs :func:`batch_stats` forwards, normalised, as (input kind, batch): the clean
+    reference, then the deformed and the noisy images of every draw and temperature."""
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return x if normalize is None else (x - normalize[0]).div_(normalize[1])
+
+    indices = torch.as_tensor(indices, device=images.device).to(torch.int64)
+    reference = reference_images(images, interp)
+    yield input_kind("clean"), norm(reference)
+    scale = _noise_scale(noise_space, normalize)
+    for r, t, pair in _perturbations(
+        images,
+        reference,
+        indices,
+        temperatures,
+        cut=cut,
+        interp=interp,
+        seed=seed,
+        repeats=repeats,
+        scale=scale,
+    ):
+        deformed, eta = pair
+        pair.clear()
+        yield input_kind("deformed", temperatures[t], r), norm(deformed)
+        del deformed
+        yield input_kind("noisy", temperatures[t], r), norm(eta.add_(reference))
 
 
 @torch.no_grad()
@@ -231,12 +311,17 @@ def batch_stats(
     max_forward_batch: int | None = None,
     normalize: tuple[torch.Tensor, torch.Tensor] | None = None,
     fuse: bool = True,
+    noise_space: str = "pixel",
+    batchnorm_statistics: FullSetStatistics | None = None,
 ) -> StabilityStats:
     """Perturb a batch of probe images and measure how every representation moves.
 
     For each temperature and draw, every image gets its own diffeomorphism and its own Gaussian noise of the
     same L2 norm as ``tau x - x``, both pure functions of ``(seed, global index)``. Fields and noise
-    directions are shared across temperatures (they scale with T), which makes sweeps smooth.
+    directions are shared across temperatures (they scale with T), which makes sweeps smooth. With
+    ``interp="gaussian"`` the clean reference x is the image smoothed with the same kernel
+    (:func:`~hubstab.perturbations.diffeo.reference_images`), for D, G's norm matching and the denominator
+    alike, so T = 0 gives tau x = x.
 
     Args:
         forward: maps a float batch (already normalised if ``normalize`` is given) to logits, a model output
@@ -250,6 +335,11 @@ def batch_stats(
         max_forward_batch: largest batch given to ``forward`` (default: everything at once).
         normalize: optional (mean, std) tensors broadcastable to the images, applied after perturbing.
         fuse: forward clean, deformed and noisy inputs together where they fit in one batch.
+        noise_space: ``"pixel"`` (noise isotropic in the images' space) or ``"normalized"`` (isotropic after
+            dividing by ``normalize``'s std, its norm matched to ``||(tau x - x) / std||``).
+        batchnorm_statistics: full-probe-set BatchNorm statistics per input kind
+            (:func:`hubstab.metrics.batchnorm.full_set_batchnorm`), loaded before each kind's forward;
+            implies ``fuse=False``.
     """
     if images.ndim != 4:
         raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
@@ -257,6 +347,10 @@ def batch_stats(
         raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {interp!r}")
     b = images.shape[0]
     indices = torch.as_tensor(indices, device=images.device).to(torch.int64)
+    reference = reference_images(images, interp)
+    scale = _noise_scale(noise_space, normalize)
+    if batchnorm_statistics is not None:
+        fuse = False
     max_batch = max_forward_batch or 3 * b
     clean: dict[str, torch.Tensor] | None = None
     names: list[str] = []
@@ -265,53 +359,58 @@ def batch_stats(
     comps_d = comps_n = None
     n_t = len(temperatures)
 
-    def run(groups: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def run(groups: list[torch.Tensor], kinds: list[Hashable]) -> list[dict[str, torch.Tensor]]:
         if fuse:
             # One buffer for clean, deformed and noisy inputs (the last group is eta, made noisy in place
             # there), normalised in place: the only copy of the inputs alive during the forward.
             fused = images.new_empty((len(groups) * b, *images.shape[1:]))
             for i, g in enumerate(groups[:-1]):
                 fused[i * b : (i + 1) * b].copy_(g)
-            torch.add(groups[-1], images, out=fused[-b:])
+            torch.add(groups[-1], reference, out=fused[-b:])
             groups.clear()
             reps = _forward(forward, fused, max_batch, normalize, owned=True)
             return [{k: v[i * b : (i + 1) * b] for k, v in reps.items()} for i in range(len(fused) // b)]
-        groups[-1] = groups[-1].add_(images)  # eta -> noisy input
-        return [_forward(forward, g, max_batch, normalize) for g in groups]
+        groups[-1] = groups[-1].add_(reference)  # eta -> noisy input
+        out = []
+        for g, kind in zip(groups, kinds, strict=True):
+            if batchnorm_statistics is not None:
+                batchnorm_statistics.use(kind)
+            out.append(_forward(forward, g, max_batch, normalize))
+        return out
 
     # Draws outer, temperatures inner: a noise direction is drawn once per draw and rescaled for every
     # temperature (what matched_noise would redraw each time); per-temperature sums still add draws in order.
-    for r in range(repeats):
-        direction = rng.normal(seed, _stream("noise", r), indices, images[0].numel()).view_as(images)
-        direction_norm = direction_norms(direction)
-        for t, temperature in enumerate(temperatures):
-            coefficients = sample_coefficients(
-                float(temperature), cut, indices=indices, seed=seed, stream=_stream("diffeo", r)
-            )
-            deformed = apply_coefficients(images, coefficients, cut, interp)
-            # The last temperature may overwrite the direction; eta is always a fresh tensor or that one.
-            eta = match_norm(
-                direction, images, deformed, direction_norm=direction_norm, in_place=t == n_t - 1
-            )
-            groups = [images, deformed, eta] if clean is None else [deformed, eta]
-            del deformed, eta  # run() releases them once copied into the fused batch
-            if clean is None:
-                clean, out_d, out_n = run(groups)
-                names = list(clean)
-                diffeo_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
-                noise_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
-                if keep_components:
-                    k_out = clean[OUTPUT].shape[1]
-                    comps_d = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
-                    comps_n = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
-            else:
-                out_d, out_n = run(groups)
-            for k in names:
-                diffeo_sq[k][t] += (out_d[k] - clean[k]).pow(2).sum(1).double() / repeats
-                noise_sq[k][t] += (out_n[k] - clean[k]).pow(2).sum(1).double() / repeats
+    for r, t, pair in _perturbations(
+        images,
+        reference,
+        indices,
+        temperatures,
+        cut=cut,
+        interp=interp,
+        seed=seed,
+        repeats=repeats,
+        scale=scale,
+    ):
+        kinds = [input_kind("deformed", temperatures[t], r), input_kind("noisy", temperatures[t], r)]
+        groups = [reference, *pair] if clean is None else [*pair]
+        pair.clear()  # run() releases deformed and eta once copied into the fused batch
+        if clean is None:
+            clean, out_d, out_n = run(groups, [input_kind("clean"), *kinds])
+            names = list(clean)
+            diffeo_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
+            noise_sq = {k: images.new_zeros((n_t, b), dtype=torch.float64) for k in names}
             if keep_components:
-                comps_d[t] += (out_d[OUTPUT] - clean[OUTPUT]).pow(2) / repeats
-                comps_n[t] += (out_n[OUTPUT] - clean[OUTPUT]).pow(2) / repeats
+                k_out = clean[OUTPUT].shape[1]
+                comps_d = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
+                comps_n = images.new_zeros((n_t, b, k_out), dtype=torch.float32)
+        else:
+            out_d, out_n = run(groups, kinds)
+        for k in names:
+            diffeo_sq[k][t] += (out_d[k] - clean[k]).pow(2).sum(1).double() / repeats
+            noise_sq[k][t] += (out_n[k] - clean[k]).pow(2).sum(1).double() / repeats
+        if keep_components:
+            comps_d[t] += (out_d[OUTPUT] - clean[OUTPUT]).pow(2) / repeats
+            comps_n[t] += (out_n[OUTPUT] - clean[OUTPUT]).pow(2) / repeats
     if clean is None:
         raise ValueError("temperatures must not be empty")
     return StabilityStats(
@@ -328,34 +427,57 @@ def batch_stats(
     )
 
 
-def mean_pair_distance(clean_sq: torch.Tensor, clean_sum: torch.Tensor) -> float:
+def _check_denominator(denominator: str) -> None:
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
+
+
+def mean_pair_distance(
+    clean_sq: torch.Tensor, clean_sum: torch.Tensor, denominator: str = "distinct"
+) -> float:
     """< ||h(x) - h(z)||^2 > over all ordered pairs of distinct images, from sum ||h||^2 and sum h.
 
-    Equals 2 / (P - 1) * sum_i ||h_i - mean h||^2.
+    Equals 2 / (P - 1) * sum_i ||h_i - mean h||^2. ``denominator="all-pairs"``: the authors' mean over the
+    P x P pairs including the P zero self-pairs, (P - 1) / P times the former.
     """
+    _check_denominator(denominator)
     p = clean_sq.numel()
     if p < 2:
         return float("nan")
     total = clean_sq.double().sum() - clean_sum.double().pow(2).sum() / p
-    return float(2.0 * total / (p - 1))
+    return float(2.0 * total / (p if denominator == "all-pairs" else p - 1))
 
 
-def median_pair_distance(outputs: torch.Tensor, seed: int = 0) -> float:
-    """Median of ||f(x) - f(z)||^2 over pairs of distinct images (a seeded sample of pairs above 3,000 images)."""
+def median_pair_distance(outputs: torch.Tensor, seed: int = 0, denominator: str = "distinct") -> float:
+    """Median of ||f(x) - f(z)||^2 over pairs of distinct images (a seeded sample of pairs above 3,000 images).
+
+    ``denominator="all-pairs"``: the authors' median of the full P x P matrix, its zero diagonal included
+    (every distinct pair counted in both orders; the lower median, as ``torch.median``).
+    """
+    _check_denominator(denominator)
     p = outputs.shape[0]
     if p < 2:
         return float("nan")
     out = outputs.double()
+    self_pairs = denominator == "all-pairs"
     if p <= MEDIAN_PAIR_LIMIT:
         i, j = torch.triu_indices(p, p, offset=1, device=out.device)
     else:
         gen = torch.Generator().manual_seed(seed)
         i = torch.randint(p, (2_000_000,), generator=gen)
-        j = (i + torch.randint(1, p, (2_000_000,), generator=gen)) % p
+        # with self-pairs, j is uniform over all images (i itself with probability 1 / P)
+        j = (
+            torch.randint(p, (2_000_000,), generator=gen)
+            if self_pairs
+            else (i + torch.randint(1, p, (2_000_000,), generator=gen)) % p
+        )
         i, j = i.to(out.device), j.to(out.device)
+        self_pairs = False  # already in the sample
     dist = torch.cat(
         [(out[a] - out[c]).pow(2).sum(1) for a, c in zip(i.split(1 << 20), j.split(1 << 20), strict=True)]
     )
+    if self_pairs:
+        dist = torch.cat([dist, dist, dist.new_zeros(p)])
     return float(dist.median())
 
 
@@ -390,12 +512,15 @@ def reduce_stats(
     confidence: float = 0.95,
     seed: int = 0,
     representation: str = OUTPUT,
+    denominator: str = "distinct",
 ) -> list[dict[str, float | tuple[float, float]]]:
     """D, G, R and the bootstrap interval of R for one representation, one dict per temperature.
 
     ``mean``: D = <||h(tau x) - h(x)||^2> / <||h(x) - h(z)||^2>, averages over images and over distinct pairs.
     ``median`` (paper's first code; output only): per-logit medians over images, summed, over the median of
     ||f(x) - f(z)||^2 over pairs. The interval resamples probe images with replacement ``bootstrap`` times.
+    ``denominator``: pairs of distinct images (default) or ``"all-pairs"``, the authors' P x P including the
+    zero self-pairs (mean: D and G larger by P / (P - 1); R unchanged).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -403,15 +528,15 @@ def reduce_stats(
     d_all = stats.diffeo_sq[representation].double().cpu()
     g_all = stats.noise_sq[representation].double().cpu()
     if estimator == "mean":
-        denominator = mean_pair_distance(
-            stats.clean_sq[representation].cpu(), stats.clean_sum[representation].cpu()
+        pairs = mean_pair_distance(
+            stats.clean_sq[representation].cpu(), stats.clean_sum[representation].cpu(), denominator
         )
     else:
         if representation != OUTPUT or stats.diffeo_components is None:
             raise ValueError(
                 "the median estimator needs per-logit values: it is available on the output only"
             )
-        denominator = median_pair_distance(stats.outputs.cpu(), seed=seed)
+        pairs = median_pair_distance(stats.outputs.cpu(), seed=seed, denominator=denominator)
     points = []
     for t in range(len(stats.temperatures)):
         if estimator == "mean":
@@ -432,8 +557,8 @@ def reduce_stats(
         points.append(
             {
                 "temperature": stats.temperatures[t],
-                "diffeo_stability": _ratio(d_num, denominator),
-                "noise_stability": _ratio(g_num, denominator),
+                "diffeo_stability": _ratio(d_num, pairs),
+                "noise_stability": _ratio(g_num, pairs),
                 "relative_stability": _ratio(d_num, g_num),
                 # a NaN R_f never gets a finite interval (the interval drops non-finite resamples)
                 "relative_stability_ci": _interval(samples, confidence)
@@ -485,11 +610,26 @@ def settings_dict(
     confidence: float,
     batchnorm: str,
     amp_dtype: torch.dtype | None,
+    noise_space: str = "pixel",
+    denominator: str = "distinct",
 ) -> dict[str, Any]:
     """Every setting that produced a result, in the form results files record."""
-    from hubstab import __version__
+    from hubstab._version import __version__
 
     height, width = image_size
+    if noise_space not in NOISE_SPACES:
+        raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {noise_space!r}")
+    _check_denominator(denominator)
+    pairs = {
+        ("mean", "distinct"): "mean over distinct ordered pairs",
+        ("median", "distinct"): "median over pairs",
+        ("mean", "all-pairs"): "mean over all P x P ordered pairs, the P zero self-pairs included (authors' "
+        "convention: D_f and G_f larger by P / (P - 1), R_f unchanged)",
+        (
+            "median",
+            "all-pairs",
+        ): "median of the P x P matrix, its zero diagonal included (authors' convention)",
+    }[(estimator, denominator)]
     return {
         "temperature": float(temperature),
         "delta": float(delta),
@@ -505,11 +645,18 @@ def settings_dict(
         "confidence": float(confidence),
         "batchnorm": batchnorm,
         "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
-        "noise": "gaussian, L2 norm matched to tau x - x per image, not clipped",
+        "noise": "gaussian, L2 norm matched to tau x - x per image, not clipped"
+        + ("" if noise_space == "pixel" else "; isotropic after mean/std normalisation, norms taken there"),
+        "noise_space": noise_space,
         "perturbation_space": "model input in [0, 1] after resize/crop, before mean/std normalisation",
+        "clean_reference": "the image smoothed with the same Gaussian kernel (T = 0 gives tau x = x)"
+        if interp == "gaussian"
+        else "the image",
+        "batchnorm_statistics": bn.DESCRIPTION if batchnorm == "batch" else bn.RUNNING_DESCRIPTION,
         "field_scaling": "dx = W * u, dy = H * v; delta <-> T on n = sqrt((H^2 + W^2) / 2)",
         "random_numbers": "counter-based, keyed by (seed, global image index); shared across temperatures",
-        "denominator": "mean over distinct ordered pairs" if estimator == "mean" else "median over pairs",
+        "denominator": pairs,
+        "denominator_pairs": denominator,
         "hubstab_version": __version__,
     }
 
@@ -527,6 +674,7 @@ def build_result(
         bootstrap=settings["bootstrap"],
         confidence=settings["confidence"],
         seed=settings["seed"],
+        denominator=settings.get("denominator_pairs", "distinct"),
     )
     points = reduce_stats(stats, **kw)
     side = settings["effective_side"]
@@ -649,6 +797,8 @@ def relative_stability(
     per_sample: bool = False,
     layers: str | Sequence[str] | None = None,
     nonfinite: str = "error",
+    noise_space: str = "pixel",
+    denominator: str = "distinct",
 ) -> StabilityResult:
     """Relative stability R_f = D_f / G_f of a model on a tensor of probe images.
 
@@ -670,7 +820,10 @@ def relative_stability(
         mean, std: per-channel normalisation applied after perturbing.
         bootstrap: number of bootstrap resamples of the probe images for the interval of R_f (0: none).
         confidence: level of that interval.
-        batchnorm: ``"eval"`` (running statistics) or ``"batch"`` (batch statistics, for untrained models).
+        batchnorm: ``"eval"`` (running statistics) or ``"batch"``: batch statistics as the paper used at
+            initialisation, i.e. every BatchNorm layer normalises with the mean and variance over the whole
+            probe set of each input kind (clean; deformed; noisy), independent of ``batch_size``
+            (:mod:`hubstab.metrics.batchnorm`). Needs ``model`` to be an ``nn.Module``.
         amp_dtype: run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
         device: where to compute (default: the model's device, else the images').
         indices: global indices of the images (default 0..P-1); they key the random perturbations.
@@ -681,6 +834,11 @@ def relative_stability(
         nonfinite: probe images whose outputs are NaN or infinite raise
             :class:`hubstab.metrics.finite.NonFiniteError` with their count (``"error"``, default), or are
             left out with a note (``"exclude"``).
+        noise_space: ``"pixel"`` (default: noise isotropic in [0, 1] pixels) or ``"normalized"`` (isotropic
+            after ``(x - mean) / std``, as the authors' CIFAR-10 and Fashion-MNIST experiments; differs only
+            when the per-channel stds differ).
+        denominator: ``"distinct"`` (default: pairs of distinct images) or ``"all-pairs"`` (the authors'
+            P x P including the zero self-pairs; D_f, G_f larger by P / (P - 1) with the mean, R_f unchanged).
 
     Returns:
         A :class:`StabilityResult`; ``result.relative_stability`` is R_f.
@@ -696,6 +854,13 @@ def relative_stability(
         raise ValueError("repeats must be >= 1")
     if not images.is_floating_point():
         raise TypeError("images must be a float tensor with values in [0, 1]")
+    if noise_space not in NOISE_SPACES:
+        raise ValueError(f"noise_space must be one of {NOISE_SPACES}, got {noise_space!r}")
+    _check_denominator(denominator)
+    if batchnorm == "batch" and not isinstance(model, nn.Module):
+        raise ValueError(
+            "batchnorm='batch' needs the model as an nn.Module (its BatchNorm layers are calibrated)"
+        )
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
         device = param.device if param is not None else images.device
@@ -719,7 +884,14 @@ def relative_stability(
         else contextlib.nullcontext()
     )
     parts = []
-    mode = evaluation_mode(model, batchnorm) if isinstance(model, nn.Module) else contextlib.nullcontext()
+    full_set = batchnorm == "batch" and bool(bn.batchnorm_layers(model))
+    if batchnorm not in ("eval", "batch"):
+        raise ValueError(f"batchnorm must be 'eval' or 'batch', got {batchnorm!r}")
+    mode = (
+        evaluation_mode(model, "eval" if full_set else batchnorm)
+        if isinstance(model, nn.Module)
+        else contextlib.nullcontext()
+    )
     if layers is not None:
         from hubstab.metrics.layers import layer_forward
 
@@ -729,7 +901,29 @@ def relative_stability(
     from hubstab.metrics.finite import NonFiniteError, exclusion_note, measure_finite
 
     excluded: list[int] = []
-    with mode, amp, hooks as forward:
+    calibration: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if full_set:
+
+        def batches() -> Iterator[Iterator[tuple[Hashable, torch.Tensor]]]:
+            for start in range(0, p, batch_size):
+                yield perturbed_inputs(
+                    images[start : start + batch_size].to(device),
+                    indices[start : start + batch_size].to(device),
+                    temps,
+                    cut=cut,
+                    interp=interp,
+                    seed=seed,
+                    repeats=repeats,
+                    noise_space=noise_space,
+                    normalize=normalize,
+                )
+
+        example = images[:1].to(device)
+        if normalize is not None:
+            example = (example - normalize[0]) / normalize[1]
+        # calibrated on this process's images only: relative_stability is a single-process function
+        calibration = bn.full_set_batchnorm(model, model, batches, example, distributed=False)
+    with mode, amp, hooks as forward, calibration as statistics:
         for start in range(0, p, probe):
             sl = slice(start, start + probe)
 
@@ -748,6 +942,8 @@ def relative_stability(
                     max_forward_batch=batch_size,
                     normalize=normalize,
                     fuse=batchnorm == "eval",
+                    noise_space=noise_space,
+                    batchnorm_statistics=statistics,
                 )
 
             block, bad = measure_finite(
@@ -776,6 +972,8 @@ def relative_stability(
         confidence=confidence,
         batchnorm=batchnorm,
         amp_dtype=amp_dtype,
+        noise_space=noise_space,
+        denominator=denominator,
     )
     result = build_result(stats, settings, headline_temperature=t0, include_per_sample=per_sample)
     if excluded:

@@ -252,6 +252,25 @@ def _sampling_grid(coefficients: torch.Tensor, cut: int, height: int, width: int
     return field.permute(0, 2, 3, 1)
 
 
+def reference_images(images: torch.Tensor, interp: Interpolation = "linear") -> torch.Tensor:
+    """The clean images a deformation is compared with: the images themselves, or smoothed for ``gaussian``.
+
+    Gaussian interpolation blurs even at zero displacement, so (as in the authors' code) the clean reference
+    is the image remapped with the same kernel at zero displacement: then T = 0 gives tau x = x exactly and
+    only the deformation is measured. ``linear`` and ``nearest`` return ``images`` itself (no copy).
+    """
+    if interp not in INTERPOLATIONS:
+        raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {interp!r}")
+    if interp != "gaussian":
+        return images
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    b, _, height, width = images.shape
+    coord_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    zero = torch.zeros((b, height, width), dtype=coord_dtype, device=images.device)
+    return apply_displacement(images, zero, zero, "gaussian")
+
+
 def deform(
     images: torch.Tensor,
     temperature: float,

@@ -44,12 +44,18 @@ def match_norm(
     *,
     direction_norm: torch.Tensor | None = None,
     in_place: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rescale ``direction`` (float32, shape of ``clean``) per image to the L2 norm of ``perturbed - clean``.
 
     The step :func:`matched_noise` ends with, exposed so that a direction drawn once can serve several
     perturbations (e.g. every temperature of a sweep). ``direction_norm`` is the (B,) norm of ``direction``
     per image when already known; ``in_place`` reuses ``direction``'s memory for the result.
+
+    ``scale`` (e.g. the per-channel std, broadcastable to the images) makes the noise isotropic in the space
+    ``x / scale`` instead: there its norm matches ``||(perturbed - clean) / scale||``, and the returned eta is
+    mapped back to the images' space (multiplied by ``scale``). Normalising ``(x - mean) / std`` afterwards
+    then gives exactly the noise of the authors' experiments that perturbed after ``Normalize``.
 
     Returns:
         eta, shape of ``clean``, dtype of ``clean``.
@@ -59,11 +65,17 @@ def match_norm(
             f"shapes differ: {tuple(direction.shape)}, {tuple(clean.shape)}, {tuple(perturbed.shape)}"
         )
     b = clean.shape[0]
-    target = (perturbed.float() - clean.float()).reshape(b, -1).norm(dim=1)
+    change = perturbed.float() - clean.float()
+    if scale is not None:
+        change = change.div_(scale)
+    target = change.reshape(b, -1).norm(dim=1)
+    del change
     if direction_norm is None:
         direction_norm = direction_norms(direction)
     factor = (target / direction_norm).view(b, *([1] * (clean.ndim - 1)))
     eta = direction.mul_(factor) if in_place else direction * factor
+    if scale is not None:
+        eta = eta.mul_(scale)
     return eta.to(clean.dtype)
 
 

@@ -41,6 +41,8 @@ class EvalConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     batchnorm: str = "eval"
+    noise_space: str = "pixel"
+    denominator: str = "distinct"
     layers: list[str] | None = None
     metrics: list[str] = field(
         default_factory=list
@@ -101,6 +103,10 @@ class EvalConfig:
             problems.append(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.batchnorm not in ("eval", "batch"):
             problems.append("--batchnorm must be 'eval' or 'batch'")
+        if self.noise_space not in ("pixel", "normalized"):
+            problems.append("--noise-space must be 'pixel' or 'normalized'")
+        if self.denominator not in ("distinct", "all-pairs"):
+            problems.append("--denominator must be 'distinct' or 'all-pairs'")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 3) and self.batch_size != "auto":
             problems.append(
                 "--batch-size must be 'auto' or an integer >= 3 (clean, deformed and noisy inputs)"

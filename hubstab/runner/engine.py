@@ -294,17 +294,20 @@ def _run(
 
     from hubstab.adapters import LoadedModel
 
-    loaded = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(
-            model if model is not None else cfg.model,
-            revision=cfg.revision,
-            data_config=data_config,
-            pretrained=cfg.pretrained,
-            trust_remote_code=cfg.trust_remote_code,
+    # a random initialisation is seeded by the run's seed: the same weights on every process and every run
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        loaded = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(
+                model if model is not None else cfg.model,
+                revision=cfg.revision,
+                data_config=data_config,
+                pretrained=cfg.pretrained,
+                trust_remote_code=cfg.trust_remote_code,
+            )
         )
-    )
     _, height, width = loaded.data_config.input_size
     if cfg.temperature is None and cfg.delta is not None and acc.is_main_process:
         from hubstab.perturbations.diffeo import effective_side
@@ -366,6 +369,8 @@ def _run(
         confidence=cfg.confidence,
         batchnorm=cfg.batchnorm,
         amp_dtype=amp_dtype,
+        noise_space=cfg.noise_space,
+        denominator=cfg.denominator,
     )
     settings["temperatures"] = temps
     settings["layers"] = list(cfg.layers) if cfg.layers else None
@@ -477,6 +482,7 @@ def _measure(
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    eager = net
     if cfg.compile:
         net = torch.compile(net)
     forward = _model_forward(net, channels_last)
@@ -489,6 +495,24 @@ def _measure(
         from hubstab.metrics.layers import layer_forward
 
         layers_ctx = layer_forward(forward, cfg.layers, hooked=net)
+
+    from hubstab.metrics.batchnorm import batchnorm_layers
+
+    full_set = cfg.batchnorm == "batch" and bool(batchnorm_layers(eager))
+    calibration = contextlib.nullcontext()
+    if full_set:
+        calibration = _full_set_statistics(
+            cfg,
+            probes,
+            eager,
+            loaded.data_config.input_size,
+            channels_last,
+            (mean, std),
+            temps,
+            max_batch,
+            acc,
+            log,
+        )
 
     finished: list[Block] = []
     unsaved: list[Block] = []
@@ -504,7 +528,9 @@ def _measure(
 
     bar = _progress(len(probes) - state.kept, acc.is_main_process and cfg.progress, "R_f")
     try:
-        with evaluation_mode(net, cfg.batchnorm), amp, layers_ctx as fwd:
+        mode = evaluation_mode(net, "eval" if full_set else cfg.batchnorm)
+        with mode, amp, calibration as bn_statistics, layers_ctx as fwd:
+            bn_world = getattr(bn_statistics, "world_size", None)
             for number, (images, labels, indices, n_skipped) in zip(mine, loader, strict=True):
                 if images.shape[0] == 0:
                     block = Block(number, None, n_skipped)
@@ -527,6 +553,8 @@ def _measure(
                                 max_forward_batch=mfb,
                                 normalize=(mean, std),
                                 fuse=cfg.batchnorm == "eval",
+                                noise_space=cfg.noise_space,
+                                batchnorm_statistics=bn_statistics,
                             )
 
                         everything = torch.ones(images.shape[0], dtype=torch.bool)
@@ -604,6 +632,8 @@ def _measure(
     )
     result.settings["num_skipped_images"] = skipped
     result.settings["num_nonfinite_excluded"] = len(nonfinite)
+    if full_set:
+        result.settings["batchnorm_statistics_processes"] = bn_world
 
     if cfg.num_error_images and mapper.usable and cfg.num_error_images > stats.num_images:
         error, n_err, n_bad = _test_error(
@@ -670,6 +700,41 @@ def _block_loader(dataset, blocks: list[list[int]], num_workers: int, pin: bool)
         collate_fn=collate_probes,
         pin_memory=pin,
     )
+
+
+def _full_set_statistics(
+    cfg: EvalConfig, probes, net: nn.Module, input_size, channels_last, normalize, temps, max_batch, acc, log
+):
+    """The context of :func:`hubstab.metrics.batchnorm.full_set_batchnorm` over every probe image.
+
+    Each process decodes its share of the whole probe set once (images already measured by an interrupted
+    run included: the statistics are those of the whole set) and keeps it in host memory for the passes.
+    """
+    from hubstab.metrics.batchnorm import full_set_batchnorm
+    from hubstab.metrics.stability import perturbed_inputs
+
+    device = acc.device
+    positions = list(range(len(probes)))[acc.process_index :: acc.num_processes]
+    loader = _loader(probes, positions, max_batch, cfg.num_workers, False)
+    cached = [(images, indices) for images, _, indices, _ in loader if images.shape[0]]
+    log(f"BatchNorm: full-set statistics over {len(probes)} images, layer by layer")
+
+    def batches():
+        for images, indices in cached:
+            yield perturbed_inputs(
+                images.to(device),
+                indices.to(device),
+                temps,
+                cut=cfg.cut,
+                interp=cfg.interp,
+                seed=cfg.seed,
+                repeats=cfg.repeats,
+                noise_space=cfg.noise_space,
+                normalize=normalize,
+            )
+
+    example = (torch.zeros((1, *input_size), device=device) - normalize[0]) / normalize[1]
+    return full_set_batchnorm(net, _model_forward(net, channels_last), batches, example)
 
 
 def _other_metrics(cfg: EvalConfig, probes, mapper, loaded, net: nn.Module, device) -> dict[str, Any]:
