@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
 import tempfile
@@ -69,7 +70,7 @@ def add_to_cache(hf_home: Path, repo_id: str, folder: Path) -> str:
         link = repo / "snapshots" / commit / p.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
-        link.symlink_to(blob)
+        link.symlink_to(os.path.relpath(blob, link.parent))  # relative, as the hub's cache links
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return commit

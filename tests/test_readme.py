@@ -23,17 +23,18 @@ SKIP_MARKER = "# needs network"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 _RUNNER = r"""
-import json, sys, traceback
+import json, sys, time, traceback
 blocks = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__readme__"}
 for line, source in blocks:
-    print(f"--- README.md line {line}", flush=True)
+    start = time.perf_counter()
     try:
         exec(compile(source, f"README.md:{line}", "exec"), namespace)
     except BaseException:
         traceback.print_exc()
         print(f"FAILED: the Python block at README.md line {line}", flush=True)
         sys.exit(1)
+    print(f"README.md line {line}: ran in {time.perf_counter() - start:.1f} s", flush=True)
 print("ALL BLOCKS RAN", flush=True)
 """
 
@@ -101,6 +102,7 @@ def test_every_python_block_of_the_readme_runs(demo_folder):
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert "ALL BLOCKS RAN" in done.stdout
+    print("\n".join(line for line in done.stdout.splitlines() if line.startswith("README.md line")))
     # the blocks measured something real: tier 1 wrote a results file that validates
     from hubstab.results.validate import load_record
 
