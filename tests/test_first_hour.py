@@ -363,3 +363,15 @@ def test_fmnist_zoo_help_parses_before_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "--untrained" in done.stdout and "dataset-fashion-mnist" in done.stdout
     assert done.stdout.strip().endswith("NO TORCH")
+
+
+def test_cli_model_name_reaches_the_run_config():
+    import argparse
+
+    from hubstab.cli import eval as eval_cli
+
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", "./my-checkpoint", "--model-name", "me/finetuned"])
+    assert eval_cli.config_from_args(args).model_name == "me/finetuned"
+    assert eval_cli.config_from_args(parser.parse_args(["eval", "x"])).model_name is None

@@ -30,6 +30,7 @@ MARKUP_NAME = '<img src=x onerror="window.__xss=1"><b>bold</b>'
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # a Gradio server and Chromium: out of the fast path (README, "Tests")
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
 ]
 
