@@ -116,6 +116,8 @@ def plot_sweep(
 ) -> Figure:
     """R_f against the temperature T (log-log) with its bootstrap band; D_f and G_f in a second panel.
 
+    A result measured at one temperature is drawn as a single point with its interval as an error bar.
+
     Args:
         results: one or several results or records with a sweep (measured with ``temperatures=...``).
         parts: add the D_f / G_f panel.
@@ -134,13 +136,26 @@ def plot_sweep(
         (line,) = axes[0].plot(t, [_num(r["relative_stability"]) for r in rows], marker=".", label=label)
         low = [_num(r["ci_low"]) for r in rows]
         high = [_num(r["ci_high"]) for r in rows]
-        if any(math.isfinite(v) for v in low):
+        if len(rows) == 1 and math.isfinite(low[0]) and math.isfinite(high[0]):
+            # one temperature: the point with its interval as an error bar (a band needs two points)
+            value = _num(rows[0]["relative_stability"])
+            axes[0].errorbar(
+                t, [value], yerr=[[value - low[0]], [high[0] - value]], color=line.get_color(), capsize=4
+            )
+        elif any(math.isfinite(v) for v in low):
             axes[0].fill_between(t, low, high, color=line.get_color(), alpha=0.2, lw=0)
         if parts:
             color = line.get_color()
-            axes[1].plot(t, [_num(r["diffeo_stability"]) for r in rows], color=color, label=f"D_f {label}")
             axes[1].plot(
-                t, [_num(r["noise_stability"]) for r in rows], color=color, ls="--", label=f"G_f {label}"
+                t, [_num(r["diffeo_stability"]) for r in rows], color=color, marker="o", label=f"D_f {label}"
+            )
+            axes[1].plot(
+                t,
+                [_num(r["noise_stability"]) for r in rows],
+                color=color,
+                ls="--",
+                marker="s",
+                label=f"G_f {label}",
             )
     axes[0].axhline(1.0, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("R_f = D_f / G_f")

@@ -1,7 +1,7 @@
 """Train a few architectures on Fashion-MNIST and evaluate them with hubstab (results for the leaderboard).
 
-Real data (Debian's dataset-fashion-mnist), real training, the same runner as ``hubstab eval``; the models
-are saved as timm-format folders (config.json + model.safetensors) when they are timm architectures.
+Real data (Debian's dataset-fashion-mnist: `apt-get install dataset-fashion-mnist`), real training, the
+same runner as ``hubstab eval``.
 
     python scripts/fmnist_zoo.py --out zoo --results hubstab-results --epochs 1 --num-images 500
 """
@@ -9,14 +9,15 @@ are saved as timm-format folders (config.json + model.safetensors) when they are
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported after the arguments are parsed, so --help is instant
+    import torch
+    from torch import nn
 
 CLASSES = [
     "T-shirt/top",
@@ -33,6 +34,9 @@ CLASSES = [
 
 
 def load(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    import torch
+
     with gzip.open(root / f"{split}-images-idx3-ubyte.gz") as f:
         x = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)
     with gzip.open(root / f"{split}-labels-idx1-ubyte.gz") as f:
@@ -42,6 +46,8 @@ def load(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def architectures(seed: int = 0) -> dict[str, nn.Module]:
     import timm
+    import torch
+    from torch import nn
 
     torch.manual_seed(seed)  # the initialisations are part of the experiment: make them reproducible
 
@@ -71,6 +77,9 @@ def architectures(seed: int = 0) -> dict[str, nn.Module]:
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
+    import torch
+    from torch import nn
+
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     model.train()
@@ -85,13 +94,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed:
     return model.eval()
 
 
-def main() -> None:
-    import datasets
-    from PIL import Image
-
-    import hubstab
-    from hubstab.adapters import DataConfig, load_model
-
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--out", default="zoo", help="where trained models and the test dataset are saved")
@@ -102,8 +105,24 @@ def main() -> None:
     p.add_argument(
         "--untrained", action="store_true", help="also evaluate every architecture at initialisation"
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     root, out = Path(args.data), Path(args.out)
+    if not (root / "t10k-images-idx3-ubyte.gz").is_file():
+        sys.exit(f"Fashion-MNIST is not in {root}: apt-get install dataset-fashion-mnist (or give --data)")
+
+    import copy
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    import hubstab
+    from hubstab.adapters import DataConfig, load_model
+
     out.mkdir(parents=True, exist_ok=True)
     xtr, ytr = load("train", root)
     xte, yte = load("t10k", root)
@@ -124,8 +143,13 @@ def main() -> None:
         runs.append(("trained", trained))
         print(f"{name}: trained in {time.time() - t0:.0f} s")
         for state, net in runs:
-            loaded = load_model(net, data_config=config, labels=CLASSES, pretrained=state == "trained")
-            loaded.name = f"fmnist/{name}" + ("" if state == "trained" else "-init")
+            loaded = load_model(
+                net,
+                data_config=config,
+                labels=CLASSES,
+                pretrained=state == "trained",
+                model_name=f"fmnist/{name}" + ("" if state == "trained" else "-init"),
+            )
             res = hubstab.evaluate(
                 loaded,
                 str(test_dir),

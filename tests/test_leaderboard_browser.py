@@ -35,6 +35,7 @@ MAIN_GROUP = "fashion_mnist [test] | custom (delta=1px cut=3 linear mean)"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # a Gradio server and Chromium: out of the fast path (README, "Tests")
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
 ]
 

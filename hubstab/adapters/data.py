@@ -89,7 +89,8 @@ class ProbeSet(torch.utils.data.Dataset):
     row's index in the source split (global, so perturbations keyed by it do not depend on batching).
 
     Attributes:
-        info: ``dataset``, ``dataset_config``, ``split``, ``dataset_revision``, ``image_column``,
+        info: ``dataset`` (a hub id, or a local folder's name), ``dataset_path`` (a local folder's absolute
+            path, else None), ``dataset_config``, ``split``, ``dataset_revision``, ``image_column``,
             ``label_column``, ``selection_seed``, ``indices`` (sorted source rows), ``class_names``,
             ``num_rows`` (rows in the split), ``selection`` (``"random"``, ``"all"`` or ``"first"``), ``label_mapping``.
     """
@@ -224,6 +225,29 @@ def _is_saved(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
+def _path_like(text: str) -> bool:
+    """Whether a dataset argument is meant as a local path: it starts with ``.``, ``/`` or ``~``, or its
+    parent folder exists (``data/val`` when ``data/`` does), rather than being a hub id."""
+    if text.startswith((".", "/", "~")):
+        return True
+    parent = Path(text).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _names_split(path: Path, split: str | None) -> bool:
+    """Whether a local folder or file has the split ``split`` in a file or folder name (two levels deep)."""
+    if split is None or path.is_file():
+        return False
+    names = []
+    with os.scandir(path) as top:
+        for child in top:
+            names.append(child.name)
+            if child.is_dir():
+                with os.scandir(child.path) as inner:
+                    names.extend(c.name for c in inner if c.is_dir())
+    return any(split.lower() in n.lower() for n in names)
+
+
 def _load_local(path: Path, split: str | None, config_name: str | None, streaming: bool):
     import datasets
 
@@ -232,7 +256,7 @@ def _load_local(path: Path, split: str | None, config_name: str | None, streamin
         if isinstance(data, datasets.DatasetDict):
             name = _pick_split(list(data), split, str(path))
             return data[name], name
-        return data, split or "train"
+        return data, split or (str(data.split) if data.split is not None else None)
     if path.is_file():
         if path.suffix != ".parquet":
             raise DatasetError(
@@ -367,7 +391,7 @@ def load_probe_set(
             info["label_mapping"] = label_mapper.to_dict() if label_mapper is not None else None
             return ProbeSet(rows, info, transform, label_mapper)
 
-    dataset_revision = revision
+    dataset_revision, dataset_path, unsplit = revision, None, False
     if isinstance(dataset, datasets.DatasetDict):
         name = _pick_split(list(dataset), split, "the dataset")
         data, dataset_name, split = dataset[name], "<in-memory>", name
@@ -378,8 +402,14 @@ def load_probe_set(
         text = str(dataset)
         path = Path(text).expanduser()
         if path.exists():
+            requested = split
             data, split = _load_local(path, split, config_name, streaming)
-            dataset_name = str(path.resolve())
+            # shown by the folder's name; the absolute path is recorded too (and tells folders apart)
+            dataset_name, dataset_path = path.resolve().name, str(path.resolve())
+            # `datasets` calls a folder without splits "train": record no split then
+            unsplit = requested is None and not _is_saved(path) and not _names_split(path, split)
+        elif _path_like(text):
+            raise DatasetError(f"no such folder or file: {text} (a local dataset path that does not exist)")
         else:
             repo, at, rev = text.partition("@")
             if at:
@@ -427,8 +457,9 @@ def load_probe_set(
         raise DatasetError(f"the {split} split of {dataset_name} has no rows")
     info = {
         "dataset": dataset_name,
+        "dataset_path": dataset_path,
         "dataset_config": config_name,
-        "split": split,
+        "split": None if unsplit else split,
         "dataset_revision": dataset_revision,
         "image_column": img_col,
         "label_column": lab_col,

@@ -42,7 +42,7 @@ class LoadedModel:
         labels: class names in logit order, when known.
         label_space: ``"imagenet-1k"`` when the labels are the 1000 ImageNet classes, else None.
         num_parameters: number of parameters.
-        pretrained: whether trained weights were loaded.
+        pretrained: whether trained weights were loaded; None for a module object whose caller did not say.
         notes: remarks for the user (e.g. a shorthand id that was expanded).
     """
 
@@ -54,7 +54,7 @@ class LoadedModel:
     labels: list[str] | None
     label_space: str | None
     num_parameters: int
-    pretrained: bool
+    pretrained: bool | None
     notes: list[str] = field(default_factory=list)
     transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
     requested_revision: str | None = None
@@ -147,9 +147,11 @@ def load_model(
     *,
     revision: str | None = None,
     data_config: DataConfig | None = None,
-    pretrained: bool = True,
+    pretrained: bool | None = None,
     trust_remote_code: bool = False,
     labels: list[str] | None = None,
+    model_name: str | None = None,
+    image_processor: Any | None = None,
 ) -> LoadedModel:
     """Load a vision classifier by id, path or object, with its own preprocessing.
 
@@ -158,12 +160,16 @@ def load_model(
             ``@rev``), ``timm:``/``transformers:`` to force an adapter, a local directory (``local-dir:PATH``)
             in timm's or transformers' format, or an ``nn.Module``/callable taking normalised images.
         revision: hub revision (branch, tag or commit); the same as ``@rev`` in the id.
-        data_config: the input size and normalisation; required for a module, overrides the model's own
-            otherwise.
-        pretrained: load trained weights (False: the architecture at initialisation); for a module, whether its
-            weights are trained, as the caller says (recorded in results files).
+        data_config: the input size and normalisation, overriding the model's own. A module needs it only
+            when it carries no data config of its own: a timm model has one (its ``pretrained_cfg``, read with
+            ``resolve_model_data_config``), a transformers model has one when ``image_processor`` is given.
+        pretrained: load trained weights (default True; False: the architecture at initialisation). For a
+            module, whether its weights are trained as the caller says; None (default) records "unknown".
         trust_remote_code: allow transformers repos that ship their own code. Off unless asked.
         labels: class names in logit order, overriding what the model declares.
+        model_name: the name results are recorded under (default: the id, or for a module what it says of
+            itself: timm's ``architecture.tag``, a transformers ``name_or_path``, else its class).
+        image_processor: a transformers image processor for a transformers model given as an object.
 
     Raises:
         ModelNotFoundError: unknown id (with a "did you mean" list), not cached while offline, gated or
@@ -173,28 +179,30 @@ def load_model(
     notes: list[str] = []
     if isinstance(spec, (str, Path)):
         parsed = parse_model_spec(str(spec), revision)
-        loaded = _load_by_id(parsed, str(spec), pretrained, trust_remote_code, notes)
+        loaded = _load_by_id(parsed, str(spec), pretrained is not False, trust_remote_code, notes)
         model, facts = loaded["model"], loaded["facts"]
         adapter, name = loaded["adapter"], loaded["name"]
         requested = parsed.revision
         resolved = loaded["revision"] or requested
+        recorded_pretrained: bool | None = pretrained is not False
     elif isinstance(spec, nn.Module) or callable(spec):
-        if data_config is None:
-            raise HubstabError(
-                "a model given as an object needs data_config=DataConfig(input_size=(C, H, W), mean=..., std=...)"
-            )
         model = spec if isinstance(spec, nn.Module) else _CallableModule(spec)
         model.eval()
-        facts = {"data_config": data_config, "labels": None, "num_classes": None, "transform": None}
-        adapter, name = "module", type(spec).__name__ if isinstance(spec, nn.Module) else "callable"
+        facts = describe_module(spec, data_config, image_processor)
+        adapter, name = facts["adapter"], facts["name"]
         requested = resolved = revision
+        recorded_pretrained = None if pretrained is None else bool(pretrained)
     else:
         raise HubstabError(
             f"cannot load a model from a {type(spec).__name__}; give an id, a path or a module"
         )
-    if data_config is not None and adapter != "module":
+    if data_config is not None and facts["data_config"] is not data_config:
         facts["data_config"] = data_config
         facts["transform"] = None
+    if model_name is not None:
+        if not str(model_name).strip():
+            raise HubstabError("model_name must be a non-empty name, e.g. 'my-org/resnet50-finetuned'")
+        name = str(model_name).strip()
     model_labels = list(labels) if labels is not None else facts.get("labels")
     label_space = detect_label_space(model_labels)
     if model_labels is None and adapter == "timm" and facts.get("num_classes") == 1000:
@@ -213,11 +221,76 @@ def load_model(
         labels=model_labels,
         label_space=label_space,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        pretrained=pretrained,
+        pretrained=recorded_pretrained,
         notes=notes,
         transform=facts.get("transform"),
         requested_revision=requested,
     )
+
+
+def describe_module(
+    module: Any, data_config: DataConfig | None = None, image_processor: Any | None = None
+) -> dict[str, Any]:
+    """What a model object says of itself: adapter, name, data config, class names, transform.
+
+    A timm model (it has ``pretrained_cfg``) gives its data config through timm's
+    ``resolve_model_data_config`` and is named ``architecture.tag``; a transformers model
+    (it has a ``config`` with ``model_type``) gives its class names and, with ``image_processor``, its data
+    config, and is named by ``config.name_or_path``; anything else is named by its class and needs
+    ``data_config``. Whether the weights are trained is not known from the object (``pretrained`` None).
+
+    Raises:
+        HubstabError: no data config can be found and none was given.
+    """
+    facts: dict[str, Any] = {
+        "data_config": data_config,
+        "labels": None,
+        "num_classes": None,
+        "transform": None,
+    }
+    pcfg = getattr(module, "pretrained_cfg", None)
+    hf_config = getattr(module, "config", None)
+    if isinstance(module, nn.Module) and isinstance(pcfg, dict) and pcfg.get("architecture"):
+        from hubstab.adapters.timm_models import timm_labels
+
+        facts["adapter"] = "timm"
+        arch, tag = str(pcfg["architecture"]), pcfg.get("tag")
+        facts["name"] = f"{arch}.{tag}" if tag else arch  # not the hub id: these weights may be others
+        facts["labels"] = timm_labels(pcfg)
+        facts["num_classes"] = getattr(module, "num_classes", None)
+        if data_config is None:
+            from timm.data import resolve_model_data_config
+
+            facts["data_config"] = DataConfig.from_timm(resolve_model_data_config(module))
+    elif isinstance(module, nn.Module) and isinstance(getattr(hf_config, "model_type", None), str):
+        facts["adapter"] = "transformers"
+        facts["name"] = str(getattr(hf_config, "name_or_path", "") or type(module).__name__)
+        id2label = getattr(hf_config, "id2label", None) or {}
+        num = int(getattr(hf_config, "num_labels", len(id2label)) or len(id2label))
+        names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(num)] if id2label else None
+        if names and not all(n.startswith("LABEL_") for n in names):
+            facts["labels"] = names
+        facts["num_classes"] = num
+        if data_config is None and image_processor is not None:
+            from hubstab.adapters.transformers_models import processor_data_config
+
+            channels = int(getattr(hf_config, "num_channels", 3) or 3)
+            facts["data_config"], facts["transform"] = processor_data_config(image_processor, channels)
+        elif data_config is None:
+            raise HubstabError(
+                f"a transformers model given as an object needs its image processor (image_processor="
+                f"AutoImageProcessor.from_pretrained({facts['name']!r})) or data_config=DataConfig(...)"
+            )
+    else:
+        facts["adapter"] = "module"
+        facts["name"] = type(module).__name__ if isinstance(module, nn.Module) else "callable"
+        if data_config is None:
+            raise HubstabError(
+                "a model given as an object needs data_config=DataConfig(input_size=(C, H, W), mean=..., "
+                "std=...) unless it is a timm model (with pretrained_cfg) or a transformers model with its "
+                "image_processor="
+            )
+    return facts
 
 
 def _load_by_id(

@@ -242,6 +242,13 @@ def fetch_repo(
         snapshot = cached_snapshot(repo_id, revision, repo_type)
         if snapshot is None:
             why = "HF_HUB_OFFLINE is set" if hub_offline() else f"{hub_endpoint()} cannot be reached"
+            if repo_type == "model" and _is_known_model(repo_id):
+                raise error(
+                    f"{what} {repo_id}{at} exists on the hub but is not in the local hub cache "
+                    f"({hub_cache_dir()}) and {why}: download it once with network access "
+                    f"(`hf download {repo_id}{' --revision ' + revision if revision else ''}`, or run once "
+                    "without HF_HUB_OFFLINE), then it loads offline"
+                )
             raise error(
                 f"{what} {repo_id}{at} is not in the local hub cache ({hub_cache_dir()}) and {why}; "
                 f"download it once with network access, or check the id"
@@ -330,9 +337,19 @@ def model_candidates() -> list[str]:
     return list(seen)
 
 
+def _is_known_model(repo_id: str) -> bool:
+    """Whether ``repo_id`` is a model id hubstab knows to exist (popular transformers ids, timm's hub ids)."""
+    try:
+        return repo_id in KNOWN_MODEL_IDS or repo_id in _timm_pretrained_ids()
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return repo_id in KNOWN_MODEL_IDS
+
+
 def did_you_mean(name: str, candidates: list[str], n: int = 5) -> list[str]:
-    """Up to ``n`` candidates close to ``name``: ids extending it first, then similar spellings."""
+    """Up to ``n`` candidates close to ``name`` and different from it: ids extending it first, then similar
+    spellings."""
     low = name.lower()
+    candidates = [c for c in candidates if c.lower() != low]
     extending = [c for c in candidates if c.lower().startswith(low) and c.lower() != low]
     extending.sort(key=lambda c: (len(c), c))
     close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
@@ -363,6 +380,8 @@ def expand_shorthand(repo_id: str) -> str | None:
 def not_found(spec: str, detail: str) -> ModelNotFoundError:
     """A :class:`ModelNotFoundError` for ``spec`` with a "did you mean" list when there are close ids."""
     name = spec.split(":", 1)[-1] if ":" in spec and not os.path.exists(spec) else spec
+    if "is not in the local hub cache" in detail and _is_known_model(name):
+        return ModelNotFoundError(detail)  # the id is right; the message says how to fetch it
     suggestions = did_you_mean(name, model_candidates())
     if "/" not in name:
         import timm

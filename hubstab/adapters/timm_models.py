@@ -39,6 +39,18 @@ def registry_hub_id(name: str) -> str | None:
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 
 
+def timm_labels(pretrained_cfg: dict[str, Any]) -> list[str] | None:
+    """Class names in logit order from a timm ``pretrained_cfg`` (descriptions when given), or None."""
+    labels = pretrained_cfg.get("label_names")
+    if labels is None:
+        return None
+    labels = [str(x) for x in labels]
+    descriptions = pretrained_cfg.get("label_descriptions")
+    if isinstance(descriptions, dict) and len(descriptions) == len(labels):
+        labels = [str(descriptions.get(x, x)) for x in labels]
+    return labels
+
+
 def load_timm(
     spec: ModelSpec, *, pretrained: bool, config: dict[str, Any] | None, folder: Path | None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -88,13 +100,7 @@ def load_timm(
         model = timm.create_model(spec.target, pretrained=pretrained)
     model.eval()
     data_config = DataConfig.from_timm(resolve_model_data_config(model))
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    labels = cfg.get("label_names")
-    if labels is not None:
-        labels = [str(x) for x in labels]
-        descriptions = cfg.get("label_descriptions")
-        if isinstance(descriptions, dict) and len(descriptions) == len(labels):
-            labels = [str(descriptions.get(x, x)) for x in labels]
+    labels = timm_labels(getattr(model, "pretrained_cfg", {}) or {})
     return model, {
         "name": name,
         "revision": revision,

@@ -152,6 +152,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model")
     g.add_argument("--revision", help="model revision (also accepted as MODEL@REV)")
+    g.add_argument(
+        "--model-name",
+        help="name to record the results under (default: the id; a local folder is otherwise named by its path)",
+    )
     g.add_argument("--untrained", action="store_true", help="random initialisation of the architecture")
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow code from the model repo (off by default)"
@@ -272,6 +276,7 @@ def config_from_args(args: argparse.Namespace):
     temps = args.temperatures
     return EvalConfig(
         model=model,
+        model_name=args.model_name,
         dataset=args.dataset,
         split=args.split,
         dataset_config=args.dataset_config,
@@ -318,8 +323,53 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def _g(value, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _e(value) -> str:
+    return f"{value:.3e}" if isinstance(value, (int, float)) else "n/a"
+
+
+def format_sweep(result) -> list[str]:
+    """Table lines of a temperature sweep: T, delta, R_f with its interval, D_f, G_f (empty without one)."""
+    from hubstab.metrics.sweeps import sweep_table
+
+    rows = sweep_table(result)
+    if len(rows) < 2:
+        return []
+    lines = [f"sweep    {'T':>10}  {'delta px':>8}  {'R_f':>8}  {'95% CI':>19}  {'D_f':>9}  {'G_f':>9}"]
+    for r in rows:
+        ci = f"{_g(r['ci_low'])} - {_g(r['ci_high'])}" if r["ci_low"] is not None else "n/a"
+        lines.append(
+            f"         {_e(r['temperature']):>10}  {_g(r['delta'], 3):>8}  {_g(r['relative_stability']):>8}  "
+            f"{ci:>19}  {_g(r['diffeo_stability']):>9}  {_g(r['noise_stability']):>9}"
+        )
+    return lines
+
+
+def format_layers(result) -> list[str]:
+    """Table lines of per-layer R_k, D_k, G_k at the headline temperature, the output last."""
+    from hubstab.metrics.sweeps import layers_table
+
+    if not result.layers:
+        return []
+    rows = layers_table(result)
+    width = max(len(str(r["layer"])) for r in rows)
+    lines = [f"layers   {'layer':<{width}}  {'R_k':>8}  {'D_k':>9}  {'G_k':>9}"]
+    for r in rows:
+        lines.append(
+            f"         {r['layer']!s:<{width}}  {_g(r['relative_stability']):>8}  "
+            f"{_g(r['diffeo_stability']):>9}  {_g(r['noise_stability']):>9}"
+        )
+    return lines
+
+
 def format_summary(result) -> str:
-    """The readable end-of-run summary."""
+    """The readable end-of-run summary: model, dataset, R_f, D_f, G_f, test error, then the sweep (T, delta,
+    R_f, D_f, G_f per temperature) and the per-layer R_k when measured, notes, time and file paths."""
+    from pathlib import Path
+
     cfg = result.extra.get("config", {})
     env = result.extra.get("environment") or {}
     lines = [
@@ -331,6 +381,8 @@ def format_summary(result) -> str:
         + f", {result.num_images} probe images",
         result.summary(),
     ]
+    lines += format_sweep(result)
+    lines += format_layers(result)
     lines += [f"note     {n}" for n in result.notes]
     tail = []
     if result.extra.get("wall_time_s") is not None:
@@ -343,6 +395,10 @@ def format_summary(result) -> str:
         )
     if tail:
         lines.append("   ".join(tail))
+    if result.extra.get("results_file"):
+        samples = Path(result.extra["results_file"]).with_suffix(".samples.json")
+        if samples.is_file():
+            lines.append(f"per-sample values {samples}")
     return "\n".join(lines)
 
 

@@ -60,7 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "layers":
         if len(files) != 1:
             raise HubstabError("`hubstab plot layers` draws one results file; give exactly one")
-        fig = plots.plot_layers(files[0], temperature=args.temperature, title=args.title)
+        from hubstab.metrics.sweeps import layers_table
+
+        record = plots.load_source(files[0])
+        if len(layers_table(record, args.temperature)) < 2:
+            raise HubstabError(
+                f"{files[0]} has no layer-wise values: measure them with `hubstab eval MODEL --layers blocks`"
+            )
+        fig = plots.plot_layers(record, temperature=args.temperature, title=args.title)
     elif args.kind == "sweep":
         fig = plots.plot_sweep(files, title=args.title)
     else:

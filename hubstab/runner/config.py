@@ -21,6 +21,7 @@ class EvalConfig:
     """
 
     model: str = ""
+    model_name: str | None = None  # the name results are recorded under (default: the model's own)
     dataset: str | None = None
     split: str | None = None
     dataset_config: str | None = None
@@ -54,7 +55,7 @@ class EvalConfig:
     num_workers: int = 2
     channels_last: bool | None = None
     compile: bool = False
-    pretrained: bool = True
+    pretrained: bool | None = None  # None: trained weights for an id, "unknown" for a module object
     trust_remote_code: bool = False
     streaming: bool = False
     label_map: dict[int, int] | str | None = None  # or "identity"

@@ -203,6 +203,7 @@ def run_evaluation(
     dataset: Any | None = None,
     data_config: Any | None = None,
     accelerator: Any | None = None,
+    image_processor: Any | None = None,
 ) -> StabilityResult:
     """Evaluate ``cfg.model`` (or the given model object) on a dataset and write the results file.
 
@@ -306,8 +307,12 @@ def _run(
                 data_config=data_config,
                 pretrained=cfg.pretrained,
                 trust_remote_code=cfg.trust_remote_code,
+                model_name=cfg.model_name,
+                image_processor=image_processor,
             )
         )
+    if cfg.model_name and loaded.name != cfg.model_name:
+        loaded.name = cfg.model_name
     _, height, width = loaded.data_config.input_size
     if cfg.temperature is None and cfg.delta is not None and acc.is_main_process:
         from hubstab.perturbations.diffeo import effective_side
@@ -394,6 +399,7 @@ def _run(
         "pretrained": loaded.pretrained,
         "label_space": loaded.label_space,
         "dataset": info.get("dataset"),
+        "dataset_path": info.get("dataset_path"),
         "dataset_config": info.get("dataset_config"),
         "split": info.get("split"),
         "dataset_revision": info.get("dataset_revision"),
@@ -471,7 +477,7 @@ def _measure(
 
     # --- measure ------------------------------------------------------------------------------------------
     net = loaded.model
-    if cfg.pretrained is False or not loaded.pretrained:
+    if loaded.pretrained is False:
         note = "untrained model"
         if cfg.batchnorm == "eval" and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()
@@ -846,6 +852,7 @@ def evaluate(
     output_dir: str | None = None,
     data_config: Any | None = None,
     accelerator: Any | None = None,
+    image_processor: Any | None = None,
     **options: Any,
 ) -> StabilityResult:
     """Evaluate the relative stability R_f of a model on a dataset, end to end.
@@ -867,10 +874,14 @@ def evaluate(
         batch_size: largest forward batch, or ``"auto"`` (halves on out-of-memory).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (autocast).
         output_dir: folder for the results file; None writes nothing.
-        data_config: :class:`hubstab.adapters.DataConfig` for an ``nn.Module``.
+        data_config: :class:`hubstab.adapters.DataConfig` for an ``nn.Module`` that has none of its own (a
+            timm model brings its ``pretrained_cfg``; a transformers model its ``image_processor``).
         accelerator: an existing ``accelerate.Accelerator`` (default: a new one).
-        **options: any further field of :class:`hubstab.runner.config.EvalConfig`, e.g.
-            ``nonfinite="exclude"`` to leave out probe images with NaN/Inf outputs (default: an error).
+        image_processor: the image processor of a transformers model given as an object.
+        **options: any further field of :class:`hubstab.runner.config.EvalConfig`, e.g. ``model_name``
+            (the name results are recorded under), ``pretrained`` (whether a module's weights are trained;
+            unknown, recorded as null, unless given) or ``nonfinite="exclude"`` (leave out probe images with
+            NaN/Inf outputs; default: an error).
 
     Returns:
         The :class:`StabilityResult`, identical on every process.
@@ -904,6 +915,7 @@ def evaluate(
         dataset=None if isinstance(dataset, str) or dataset is None else dataset,
         data_config=data_config,
         accelerator=accelerator,
+        image_processor=image_processor,
     )
 
 
