@@ -223,7 +223,13 @@ def run_evaluation(
     with _signals_as_interrupts():
         try:
             return _run(
-                cfg, state, model=model, dataset=dataset, data_config=data_config, accelerator=accelerator
+                cfg,
+                state,
+                model=model,
+                dataset=dataset,
+                data_config=data_config,
+                accelerator=accelerator,
+                image_processor=image_processor,
             )
         except KeyboardInterrupt as err:
             if isinstance(err, RunInterrupted):
@@ -284,6 +290,7 @@ def _run(
     dataset: Any | None,
     data_config: Any | None,
     accelerator: Any | None,
+    image_processor: Any | None = None,
 ) -> StabilityResult:
     from hubstab.adapters import default_dataset, load_model
     from hubstab.runner.preflight import delta_warning
