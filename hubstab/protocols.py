@@ -20,6 +20,8 @@ repeats            1 diffeo and noise draw per image    1
 seed               0                                    0
 bootstrap          1000 resamples, 95%                  1000, 95%
 batchnorm          eval (running statistics)            eval
+noise_space        pixel (noise isotropic in [0, 1])    pixel
+denominator        distinct (pairs of distinct images)  all-pairs (P x P with self-pairs)
 =================  ==================================  ==================================
 
 ``in1k-v1`` is what ``hubstab eval MODEL`` does for an ImageNet-1k classifier with no option; ``--protocol
@@ -57,11 +59,13 @@ class Protocol:
     cut: int
     interp: str
     estimator: str
+    denominator: str
     repeats: int
     seed: int
     bootstrap: int
     confidence: float
     batchnorm: str
+    noise_space: str
 
     def config_values(self) -> dict[str, Any]:
         """The :class:`~hubstab.runner.config.EvalConfig` fields this protocol sets."""
@@ -88,6 +92,7 @@ _IN1K = {
     "bootstrap": 1000,
     "confidence": 0.95,
     "batchnorm": "eval",
+    "noise_space": "pixel",
 }
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -98,15 +103,17 @@ PROTOCOLS: dict[str, Protocol] = {
         "bilinear, mean estimator, one draw per image, bootstrap 1000",
         temperatures=(),
         estimator="mean",
+        denominator="distinct",
         **_IN1K,
     ),
     "paper": Protocol(
         name="paper",
         version=1,
         description="Petrini et al. 2021: in1k-v1's images and delta 1 px with the median estimator and the "
-        "30-temperature sweep in [T1/15, 2 T2]",
+        "30-temperature sweep in [T1/15, 2 T2], denominators over all P x P pairs as the authors' code",
         temperatures="paper",
         estimator="median",
+        denominator="all-pairs",
         **_IN1K,
     ),
 }
@@ -130,6 +137,8 @@ PROTOCOL_OPTIONS: dict[str, str] = {
     "--seed": "seed",
     "--bootstrap": "bootstrap",
     "--batchnorm": "batchnorm",
+    "--noise-space": "noise_space",
+    "--denominator": "denominator",
 }
 """Command-line options that set a protocol's fields (an explicit one overrides ``--protocol``)."""
 
@@ -177,7 +186,7 @@ def identify(values: dict[str, Any]) -> dict[str, Any]:
         values: the run's settings under the names of :class:`Protocol` (``dataset``, ``split``,
             ``dataset_revision``, ``selection``, ``num_images``, ``delta`` (None when a temperature was given),
             ``temperatures`` (list or ``"paper"``), ``cut``, ``interp``, ``estimator``, ``repeats``, ``seed``,
-            ``bootstrap``, ``confidence``, ``batchnorm``).
+            ``bootstrap``, ``confidence``, ``batchnorm``, ``noise_space``, ``denominator``).
     """
     for protocol in PROTOCOLS.values():
         if _matches(protocol, values):
@@ -245,5 +254,7 @@ def protocol_settings(
         "bootstrap": cfg.bootstrap,
         "confidence": cfg.confidence,
         "batchnorm": cfg.batchnorm,
+        "noise_space": cfg.noise_space,
+        "denominator": cfg.denominator,
     }
     return {**identify(values), "probe_selection": selection}

@@ -87,6 +87,8 @@ def _in1k_values(**changes):
             "bootstrap",
             "confidence",
             "batchnorm",
+            "noise_space",
+            "denominator",
         )
     }
     values.update(temperatures=[], dataset_revision="0" * 40)
@@ -95,7 +97,10 @@ def _in1k_values(**changes):
 
 def test_protocols_name_only_exact_bundles():
     assert identify(_in1k_values()) == {"name": "in1k-v1", "version": 1}
-    assert identify(_in1k_values(estimator="median", temperatures="paper")) == {"name": "paper", "version": 1}
+    paper = _in1k_values(estimator="median", temperatures="paper", denominator="all-pairs")
+    assert identify(paper) == {"name": "paper", "version": 1}
+    # the paper's estimator with hubstab's distinct-pairs denominators is not the paper's protocol
+    assert identify({**paper, "denominator": "distinct"}) == {"name": "custom", "version": 0}
     for change in (
         {"num_images": 499},
         {"cut": 5},
@@ -105,6 +110,9 @@ def test_protocols_name_only_exact_bundles():
         {"temperatures": [1e-4]},
         {"seed": 1},
         {"bootstrap": 200},
+        {"noise_space": "normalized"},
+        {"denominator": "all-pairs"},
+        {"batchnorm": "batch"},
     ):
         assert identify(_in1k_values(**change)) == {"name": "custom", "version": 0}, change
     cfg = EvalConfig(model="m", estimator="mean", cut=5, num_images=100, seed=3)
@@ -244,3 +252,20 @@ def test_default_imagenet_settings_are_named_in1k_v1(tmp_path, monkeypatch):
     assert protocol_settings(cfg, probes.info, num_images=len(probes), delta=1.0)["name"] == "paper"
     fewer = load_probe_set(dataset, split=split, num_images=100, seed=0)
     assert protocol_settings(cfg, fewer.info, num_images=len(fewer), delta=1.0)["name"] == "custom"
+
+
+def test_protocol_id_separates_fidelity_settings():
+    from hubstab.results.record import protocol_id
+
+    base = {"delta": 1.0, "cut": 3, "interp": "linear", "estimator": "mean"}
+    assert protocol_id(base) == "delta=1px cut=3 linear mean"  # files of 0.1.0 keep their id
+    assert protocol_id({**base, "noise_space": "pixel", "denominator": "distinct", "batchnorm": "eval"}) == (
+        protocol_id(base)
+    )
+    ids = {
+        protocol_id({**base, "noise_space": "normalized"}),
+        protocol_id({**base, "denominator": "all-pairs"}),
+        protocol_id({**base, "batchnorm": "batch"}),
+        protocol_id(base),
+    }
+    assert len(ids) == 4

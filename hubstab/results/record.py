@@ -73,8 +73,22 @@ _IDENTITY_EXCLUDED = {"hubstab_version", "num_error_images"}
 
 
 def protocol_id(protocol: dict[str, Any]) -> str:
-    """Short name of a measurement protocol, e.g. ``delta=1px cut=3 linear mean``."""
-    return f"delta={protocol['delta']:g}px cut={protocol['cut']} {protocol['interp']} {protocol['estimator']}"
+    """Short name of a measurement protocol, e.g. ``delta=1px cut=3 linear mean``.
+
+    Settings away from their defaults are appended (``noise=normalized``, ``pairs=all-pairs``,
+    ``bn=batch``), so runs that differ in them are never grouped as one protocol.
+    """
+    name = f"delta={protocol['delta']:g}px cut={protocol['cut']} {protocol['interp']} {protocol['estimator']}"
+    defaults = {
+        "noise_space": ("noise", "pixel"),
+        "denominator": ("pairs", "distinct"),
+        "batchnorm": ("bn", "eval"),
+    }
+    for key, (label, default) in defaults.items():
+        value = protocol.get(key, default)
+        if value not in (None, default):
+            name += f" {label}={value}"
+    return name
 
 
 def indices_digest(indices: list[int]) -> str:
