@@ -103,6 +103,7 @@ def test_sweep_counts_every_temperature(bench):
     cases["rf"]()
 
 
+@pytest.mark.slow  # a fresh process per case (about 15 s on 2 busy cores)
 def test_memory_cases_in_process_and_in_a_subprocess(bench):
     spec = {"model": "test_resnet", "device": "cpu", "dtype": "float32", "image_size": 32, "batch": 6}
     spec["channels_last"] = False

@@ -77,6 +77,7 @@ def test_ball_class_has_the_dimension_gordon_predicts():
     assert chunked.probabilities == pytest.approx(whole.probabilities, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow  # trains on Fashion-MNIST and probes 196 dimensions (about 25 s on 2 busy cores)
 def test_linear_softmax_classifier_has_nearly_full_dimension():
     x, y = load_fashion_mnist("train", 1000)
     x = nn.functional.avg_pool2d(x, 2)  # 14 x 14: D = 196

@@ -163,6 +163,7 @@ def local_model_and_data(tmp_path_factory, fmnist_dataset):
     return model_dir, data_dir
 
 
+@pytest.mark.slow  # launches torchrun with 2 processes (about 30 s on 2 busy cores)
 def test_cli_one_and_two_processes_give_the_same_numbers(local_model_and_data, tmp_path):
     model_dir, data_dir = local_model_and_data
     common = [
