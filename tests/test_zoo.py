@@ -259,12 +259,12 @@ def test_protocol_id_separates_fidelity_settings():
 
     base = {"delta": 1.0, "cut": 3, "interp": "linear", "estimator": "mean"}
     assert protocol_id(base) == "delta=1px cut=3 linear mean"  # files of 0.1.0 keep their id
-    assert protocol_id({**base, "noise_space": "pixel", "denominator": "distinct", "batchnorm": "eval"}) == (
-        protocol_id(base)
-    )
+    assert protocol_id(
+        {**base, "noise_space": "pixel", "denominator_pairs": "distinct", "batchnorm": "eval"}
+    ) == (protocol_id(base))
     ids = {
         protocol_id({**base, "noise_space": "normalized"}),
-        protocol_id({**base, "denominator": "all-pairs"}),
+        protocol_id({**base, "denominator_pairs": "all-pairs"}),
         protocol_id({**base, "batchnorm": "batch"}),
         protocol_id(base),
     }

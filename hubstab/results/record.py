@@ -81,7 +81,7 @@ def protocol_id(protocol: dict[str, Any]) -> str:
     name = f"delta={protocol['delta']:g}px cut={protocol['cut']} {protocol['interp']} {protocol['estimator']}"
     defaults = {
         "noise_space": ("noise", "pixel"),
-        "denominator": ("pairs", "distinct"),
+        "denominator_pairs": ("pairs", "distinct"),
         "batchnorm": ("bn", "eval"),
     }
     for key, (label, default) in defaults.items():
