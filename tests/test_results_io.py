@@ -129,3 +129,17 @@ def test_environment_records_numpy_cpu_threads_and_validates():
     record = json.loads(LAYERED.read_text())
     record["environment"] = env
     validate_record(record)
+
+
+def test_local_dataset_path_is_in_the_run_id_but_not_in_the_file():
+    from hubstab.metrics.result import StabilityResult
+    from hubstab.results.record import build_record, run_identity
+
+    config = {"model_name": "m", "dataset": "photos", "num_images": 8, "protocol": {"delta": 1.0}}
+    a = run_identity({**config, "dataset_path": "/data/a/photos"})
+    b = run_identity({**config, "dataset_path": "/data/b/photos"})
+    assert a != b and run_identity(config) not in (a, b)
+    settings = {"delta": 1.0, "cut": 3, "interp": "linear", "estimator": "mean"}
+    result = StabilityResult(0.5, 0.1, 0.2, (0.4, 0.6), None, 8, settings)
+    record = build_record(result, {**config, "dataset_path": "/data/a/photos"})
+    assert "/data/a" not in json.dumps(record)
