@@ -48,7 +48,7 @@ def test_models_file_shards_and_timm_patterns(tmp_path):
     assert len(top) == 3 and all(n.startswith("resnet1") for n in top)
     errors = [published_top1(n)["top1_error"] for n in top]
     assert errors == sorted(errors)
-    with open(ROOT / "hubstab" / "data" / "results-imagenet.csv") as f:
+    with open(ROOT / "hubstab" / "leaderboard" / "data" / "results-imagenet.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["model"].startswith("resnet1")]
     assert errors[0] == pytest.approx(min(float(r["top1_err"]) for r in rows) / 100)
     with pytest.raises(HubstabError, match="no timm pretrained model"):
@@ -58,7 +58,7 @@ def test_models_file_shards_and_timm_patterns(tmp_path):
 
 
 def test_published_top1_is_timms_row():
-    with open(ROOT / "hubstab" / "data" / "results-imagenet.csv") as f:
+    with open(ROOT / "hubstab" / "leaderboard" / "data" / "results-imagenet.csv") as f:
         row = next(
             r for r in csv.DictReader(f) if r["model"] == "resnet50.a1_in1k" and r["img_size"] == "224"
         )

@@ -1,4 +1,4 @@
-"""Published ImageNet-1k top-1 of timm models, from timm's ``results-imagenet.csv`` (shipped in hubstab/data).
+"""Published ImageNet-1k top-1 of timm models, from timm's ``results-imagenet.csv`` (shipped once, in hubstab/leaderboard/data).
 
 Used to record the published error next to the probe-set error of a run (``results.published``) and to
 rank timm's pretrained zoo (``hubstab eval --models 'timm:PATTERN' --top K``).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 SOURCE = (
@@ -16,13 +16,14 @@ SOURCE = (
     "ImageNet-1k validation, 50,000 images)"
 )
 _PREFIXES = ("timm:", "hf-hub:", "hf_hub:", "hf:", "timm/")
+_CSV = Path(__file__).resolve().parents[1] / "leaderboard" / "data" / "results-imagenet.csv"
 
 
 @functools.lru_cache(maxsize=1)
 def published_table() -> dict[str, list[tuple[int, float]]]:
     """``{timm model name with tag: [(img_size, top-1 error in percent), ...]}`` in the CSV's order."""
     table: dict[str, list[tuple[int, float]]] = {}
-    with resources.files("hubstab.data").joinpath("results-imagenet.csv").open(newline="") as f:
+    with _CSV.open(newline="") as f:
         for row in csv.DictReader(f):
             table.setdefault(row["model"], []).append((int(row["img_size"]), float(row["top1_err"])))
     return table
