@@ -77,7 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="hub dataset id, local folder (images, saved dataset, parquet); default: "
         "the default dataset of the model's label space (see README)",
     )
-    g.add_argument("--split", help="dataset split (default: test/validation)")
+    g.add_argument(
+        "--split", help="dataset split (default: the first of validation, valid, val, test, train)"
+    )
     g.add_argument("--dataset-config", help="dataset configuration name")
     g.add_argument("--dataset-revision", help="dataset revision (branch, tag or commit)")
     g.add_argument("--image-column", help="image column (default: detected from the features)")
