@@ -96,12 +96,22 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--out", default="zoo", help="where trained models and the test dataset are saved")
-    p.add_argument("--results", default="hubstab-results")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--train-images", type=int, default=30000)
-    p.add_argument("--num-images", type=int, default=500)
+    p.add_argument(
+        "--data",
+        default="/usr/share/datasets/fashion-mnist",
+        help="Fashion-MNIST idx files (default: Debian's dataset-fashion-mnist, %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="zoo",
+        help="where trained models and the test dataset are saved (default %(default)s)",
+    )
+    p.add_argument("--results", default="hubstab-results", help="results folder (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs (default %(default)s)")
+    p.add_argument("--train-images", type=int, default=30000, help="training images (default %(default)s)")
+    p.add_argument(
+        "--num-images", type=int, default=500, help="probe images per evaluation (default %(default)s)"
+    )
     p.add_argument(
         "--untrained", action="store_true", help="also evaluate every architecture at initialisation"
     )
