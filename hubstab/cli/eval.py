@@ -372,6 +372,8 @@ def format_summary(result) -> str:
     R_f, D_f, G_f per temperature) and the per-layer R_k when measured, notes, time and file paths."""
     from pathlib import Path
 
+    from hubstab.results.summary import metric_lines
+
     cfg = result.extra.get("config", {})
     env = result.extra.get("environment") or {}
     lines = [
@@ -385,6 +387,7 @@ def format_summary(result) -> str:
     ]
     lines += format_sweep(result)
     lines += format_layers(result)
+    lines += metric_lines(result.extra)  # --metric: equivariance deviation, class-manifold dimension
     lines += [f"note     {n}" for n in result.notes]
     tail = []
     if result.extra.get("wall_time_s") is not None:
