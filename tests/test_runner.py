@@ -255,6 +255,7 @@ def test_other_metrics_go_into_the_results_file(trained_fmnist_cnn, fmnist_datas
         ("equivariance:rot", "rotation90"),
         ("equivariance:flip:inv", "mode"),
         ("class-manifold:x", "index"),
+        ("equivariance:flip,equivariance:rotation90", "2 times"),
     ]:
         with pytest.raises(hubstab.errors.HubstabError, match=why):  # refused before anything is loaded
-            EvalConfig(model="m", dataset="d", metrics=[bad]).validate()
+            EvalConfig(model="m", dataset="d", metrics=bad.split(",")).validate()

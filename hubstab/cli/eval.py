@@ -147,7 +147,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="also measure: equivariance:TRANSFORM[:MODE[:METRIC]] (e.g. equivariance:rotation90, "
-        "equivariance:translation:equivariance:euclidean) or class-manifold[:CLASS]; repeatable",
+        "equivariance:translation:equivariance:euclidean) or class-manifold[:CLASS]; one of each kind",
     )
     g.add_argument(
         "--metric-images", type=int, default=32, help="images for --metric measurements (default 32)"

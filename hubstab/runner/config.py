@@ -124,6 +124,12 @@ class EvalConfig:
                 problems.append(f"--metric {spec!r}: the class is an index (class-manifold:3)")
             elif kind == "equivariance":
                 problems += _equivariance_problems(spec, parts)
+        kinds = [spec.split(":")[0] for spec in self.metrics]
+        for kind in sorted({k for k in kinds if kinds.count(k) > 1}):
+            problems.append(
+                f"--metric {kind} is given {kinds.count(kind)} times: a results file holds one of each kind "
+                "(run the others separately)"
+            )
         if problems:
             raise HubstabError("; ".join(problems))
 
