@@ -47,7 +47,10 @@ def load_source(source: Source) -> StabilityResult | Mapping[str, Any]:
     if isinstance(source, (str, Path)):
         from hubstab.results.validate import load_record
 
-        return load_record(source)
+        try:
+            return load_record(source)
+        except ResultsValidationError as err:
+            raise ResultsValidationError(f"{source}: {err}") from None
     return source
 
 
