@@ -47,7 +47,10 @@ def load_source(source: Source) -> StabilityResult | Mapping[str, Any]:
     if isinstance(source, (str, Path)):
         from hubstab.results.validate import load_record
 
-        return load_record(source)
+        try:
+            return load_record(source)
+        except ResultsValidationError as err:
+            raise ResultsValidationError(f"{source}: {err}") from None
     return source
 
 
@@ -209,6 +212,13 @@ def plot_error_vs_stability(
         ax.plot(grid, [0.2 * math.sqrt(g) for g in grid], "k--", lw=1, label="0.2 sqrt(R_f) (CIFAR-10 fit)")
         ax.legend(fontsize=8)
     ax.set_xscale("log")
+    if max(p[0] for p in points) < 10 * min(p[0] for p in points):
+        # within one decade matplotlib labels the minor ticks as 1.3 x 10^-1, ..., which overlap
+        from matplotlib.ticker import FuncFormatter
+
+        short = FuncFormatter(lambda v, _pos: f"{v:.3g}")
+        ax.xaxis.set_major_formatter(short)
+        ax.xaxis.set_minor_formatter(short)
     ax.set_xlabel("R_f")
     ax.set_ylabel("test error")
     ax.set_title(title or "test error against relative stability")

@@ -171,8 +171,14 @@ def explicit_options(argv: list[str]) -> set[str]:
 
 
 def apply_protocol(cfg: Any, name: str, explicit: set[str] = frozenset()) -> Protocol:
-    """Set the fields of ``cfg`` (an ``EvalConfig``) to the protocol's values, except the ``explicit`` ones."""
+    """Set the fields of ``cfg`` (an ``EvalConfig``) to the protocol's values, except the ``explicit`` ones.
+
+    The split and dataset revision belong to the protocol's dataset: with an explicit dataset they are left as
+    given (by default the dataset's first of validation, valid, val, test, train), not forced to the protocol's.
+    """
     protocol = get_protocol(name)
+    if "dataset" in explicit:
+        explicit = {*explicit, "split", "dataset_revision"}
     for key, value in protocol.config_values().items():
         if key not in explicit and not (key == "temperature" and "delta" in explicit):
             setattr(cfg, key, value)

@@ -92,7 +92,9 @@ def test_cli_writes_png_and_svg(files, tmp_path):
     assert main(["plot", "sweep", *map(str, files), "-o", str(svg)]) == 0
     assert b"<svg" in svg.read_bytes()[:2000]
     err = tmp_path / "error.png"
-    assert main(["plot", "error", str(files[0].parent), "-o", str(err)]) == 0  # a folder of results
+    # a folder of results, with a per-sample file beside one (as --per-sample writes): left out, as in `ls`
+    files[0].with_suffix(".samples.json").write_text(json.dumps({"run_id": "0" * 64, "index": [0]}))
+    assert main(["plot", "error", str(files[0].parent), "-o", str(err)]) == 0
     assert err.stat().st_size > 1000
 
 

@@ -17,6 +17,7 @@ import hubstab.errors
 from hubstab.adapters import DataConfig
 from hubstab.results.validate import load_record
 from hubstab.runner import evaluate
+from hubstab.runner.config import EvalConfig
 
 # the conftest CNN was trained on raw [0, 1] pixels
 GREY = DataConfig(input_size=(1, 28, 28), mean=(0.0,), std=(1.0,), interpolation="bilinear", crop_pct=1.0)
@@ -250,3 +251,11 @@ def test_other_metrics_go_into_the_results_file(trained_fmnist_cnn, fmnist_datas
     assert eq["output"] > 0  # a CNN trained on upright clothes is not flip invariant
     with pytest.raises(hubstab.errors.HubstabError, match="metric"):
         evaluate(trained_fmnist_cnn, fmnist_dataset, metrics=["curvature"], **_kw(tmp_path))
+    for bad, why in [
+        ("equivariance:rot", "rotation90"),
+        ("equivariance:flip:inv", "mode"),
+        ("class-manifold:x", "index"),
+        ("equivariance:flip,equivariance:rotation90", "2 times"),
+    ]:
+        with pytest.raises(hubstab.errors.HubstabError, match=why):  # refused before anything is loaded
+            EvalConfig(model="m", dataset="d", metrics=bad.split(",")).validate()

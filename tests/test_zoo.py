@@ -124,6 +124,9 @@ def test_protocols_name_only_exact_bundles():
         "validation",
     )
     assert (cfg.cut, cfg.num_images, cfg.seed) == (5, 100, 0)  # typed options (abbreviated too) win
+    cfg = EvalConfig(model="m", dataset="./val")
+    apply_protocol(cfg, "in1k-v1", explicit_options(["m", "--dataset", "./val"]))
+    assert (cfg.dataset, cfg.split, cfg.num_images) == ("./val", None, 500)  # split: the folder's own
     with pytest.raises(HubstabError, match="did you mean 'paper'"):
         apply_protocol(EvalConfig(), "papr")
 

@@ -17,7 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bounded by $HUBSTAB_CACHE_MAX_BYTES (default 20 GB, least recently used entries go first).",
     )
     p.add_argument("action", choices=["ls", "clear"], help="ls: list the entries; clear: remove them")
-    p.add_argument("keys", nargs="*", metavar="KEY", help="clear only entries whose key starts with KEY")
+    p.add_argument(
+        "keys", nargs="*", default=[], metavar="KEY", help="clear only entries whose key starts with KEY"
+    )
     return p
 
 

@@ -77,7 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="hub dataset id, local folder (images, saved dataset, parquet); default: "
         "the default dataset of the model's label space (see README)",
     )
-    g.add_argument("--split", help="dataset split (default: test/validation)")
+    g.add_argument(
+        "--split", help="dataset split (default: the first of validation, valid, val, test, train)"
+    )
     g.add_argument("--dataset-config", help="dataset configuration name")
     g.add_argument("--dataset-revision", help="dataset revision (branch, tag or commit)")
     g.add_argument("--image-column", help="image column (default: detected from the features)")
@@ -145,7 +147,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="also measure: equivariance:TRANSFORM[:MODE[:METRIC]] (e.g. equivariance:rotation90, "
-        "equivariance:translation:equivariance:euclidean) or class-manifold[:CLASS]; repeatable",
+        "equivariance:translation:equivariance:euclidean) or class-manifold[:CLASS]; one of each kind",
     )
     g.add_argument(
         "--metric-images", type=int, default=32, help="images for --metric measurements (default 32)"
@@ -370,6 +372,8 @@ def format_summary(result) -> str:
     R_f, D_f, G_f per temperature) and the per-layer R_k when measured, notes, time and file paths."""
     from pathlib import Path
 
+    from hubstab.results.summary import metric_lines
+
     cfg = result.extra.get("config", {})
     env = result.extra.get("environment") or {}
     lines = [
@@ -383,6 +387,7 @@ def format_summary(result) -> str:
     ]
     lines += format_sweep(result)
     lines += format_layers(result)
+    lines += metric_lines(result.extra)  # --metric: equivariance deviation, class-manifold dimension
     lines += [f"note     {n}" for n in result.notes]
     tail = []
     if result.extra.get("wall_time_s") is not None:

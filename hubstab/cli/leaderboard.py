@@ -42,13 +42,30 @@ def run(args: argparse.Namespace) -> int:
     from hubstab.results.validate import MAX_RECORD_BYTES
 
     demo = build_app(args.results, strict=args.results is not None)
-    print(f"hubstab leaderboard: serving on http://{args.host}:{args.port}", file=sys.stderr)
     try:
-        demo.launch(
-            server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_RECORD_BYTES
+        demo.launch(  # quiet: gradio's own lines would suggest `share=True` in launch(); ours follows
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            max_file_size=MAX_RECORD_BYTES,
+            quiet=not args.share,
+            prevent_thread_lock=True,
         )
     except OSError as err:
         raise HubstabError(
             f"cannot listen on {args.host}:{args.port} ({err}); choose another --port"
         ) from None
+    hint = "" if args.share else "; --share for a public link"
+    print(
+        f"hubstab leaderboard: serving on http://{args.host}:{args.port} (Ctrl-C to stop{hint})",
+        file=sys.stderr,
+    )
+    import time
+
+    try:  # not demo.block_thread(): it swallows Ctrl-C, and the exit code is then 0 rather than 130
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        demo.close()
+        raise
     return 0

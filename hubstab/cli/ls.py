@@ -76,5 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(f"(no results in {folder})")
     else:
-        print("(`hubstab show RUN` or `hubstab show FILE` prints one; RUN as in the first column)")
+        where = "" if folder == Path(DEFAULT_RESULTS_DIR) else f" --results {folder}"
+        print(f"(`hubstab show RUN{where}` or `hubstab show FILE` prints one; RUN as in the first column)")
     return 0

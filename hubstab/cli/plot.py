@@ -38,10 +38,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _files(paths: list[Path]) -> list[Path]:
+    from hubstab.results.io import iter_result_files
+
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*.json") if p.is_file()))
+            # the same files as `hubstab ls`: no per-sample files, hidden folders (.partial) or FIFOs
+            files.extend(iter_result_files(path))
         elif path.is_file():
             files.append(path)
         else:

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hubstab.errors import HubstabError
+    from hubstab.errors import HubstabError, ResultsValidationError
     from hubstab.results.io import find_run
     from hubstab.results.summary import format_record
     from hubstab.results.validate import load_record
@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         if "/" in args.file or args.file.endswith(".json"):
             raise HubstabError(f"no such results file {args.file} (`hubstab ls` lists files and run ids)")
         path = find_run(args.results, args.file)
-    record = load_record(path)
+    try:
+        record = load_record(path)
+    except ResultsValidationError as err:
+        raise ResultsValidationError(f"{path}: {err}") from None
     if args.json:
         print(json.dumps(record, indent=2))
     else:

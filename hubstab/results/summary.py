@@ -37,6 +37,21 @@ def _g(value: Any, spec: str = ".4g") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def metric_lines(results: dict[str, Any]) -> list[str]:
+    """Lines of the other metrics (``--metric``): equivariance deviation and class-manifold dimension."""
+    lines = []
+    eq = results.get("equivariance")
+    if eq:
+        lines.append(f"{eq['mode']:8} {eq['transform']} ({eq['metric']}): {_g(eq['output'])}")
+    cm = results.get("class_manifold")
+    if cm:
+        lines.append(
+            f"class manifold (class {cm['target_class']}): d* = {_g(cm['d_star'], '.3g')}, "
+            f"effective dimension = {_g(cm['effective_dimension'], '.4g')}"
+        )
+    return lines
+
+
 def format_record(record: dict[str, Any], path: str | Path | None = None) -> str:
     """The summary of a validated record: model, data, R_f with its interval, D_f, G_f, error, sweep, layers.
 
@@ -85,15 +100,7 @@ def format_record(record: dict[str, Any], path: str | Path | None = None) -> str
                 for k, v in layers.items()
             )
         )
-    eq = res.get("equivariance")
-    if eq:
-        lines.append(f"{eq['mode']:8} {eq['transform']} ({eq['metric']}): {_g(eq['output'])}")
-    cm = res.get("class_manifold")
-    if cm:
-        lines.append(
-            f"class manifold (class {cm['target_class']}): d* = {_g(cm['d_star'], '.3g')}, "
-            f"effective dimension = {_g(cm['effective_dimension'], '.4g')}"
-        )
+    lines += metric_lines(res)
     lines += [f"note     {n}" for n in record.get("notes") or []]
     shown = ", ".join(f"{k}={env[k]}" for k in ENVIRONMENT_KEYS if env.get(k) is not None)
     if shown:

@@ -115,13 +115,45 @@ class EvalConfig:
         if not 0 < self.confidence < 1:
             problems.append("--confidence must be in (0, 1)")
         for spec in self.metrics:
-            kind = spec.split(":")[0]
+            kind, *parts = spec.split(":")
             if kind not in ("equivariance", "class-manifold"):
                 problems.append(
                     f"unknown --metric {spec!r}: use equivariance:TRANSFORM[:MODE[:METRIC]] or class-manifold[:CLASS]"
                 )
+            elif kind == "class-manifold" and parts and not parts[0].isdigit():
+                problems.append(f"--metric {spec!r}: the class is an index (class-manifold:3)")
+            elif kind == "equivariance":
+                problems += _equivariance_problems(spec, parts)
+        kinds = [spec.split(":")[0] for spec in self.metrics]
+        for kind in sorted({k for k in kinds if kinds.count(k) > 1}):
+            problems.append(
+                f"--metric {kind} is given {kinds.count(kind)} times: a results file holds one of each kind "
+                "(run the others separately)"
+            )
         if problems:
             raise HubstabError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _equivariance_problems(spec: str, parts: list[str]) -> list[str]:
+    """What is wrong with ``--metric equivariance:TRANSFORM[:MODE[:METRIC]]`` (checked before any loading)."""
+    from hubstab.errors import ArgumentError
+    from hubstab.metrics.equivariance import METRICS, MODES
+    from hubstab.perturbations.groups import get_transform
+
+    if not parts or not parts[0]:
+        return [f"--metric {spec!r} needs a transformation, e.g. equivariance:rotation90"]
+    problems = []
+    try:
+        get_transform(parts[0])
+    except ArgumentError as err:
+        problems.append(f"--metric {spec!r}: {err}")
+    if len(parts) > 1 and parts[1] not in MODES:
+        problems.append(f"--metric {spec!r}: the mode is one of {', '.join(MODES)}, got {parts[1]!r}")
+    if len(parts) > 2 and parts[2] not in METRICS:
+        problems.append(f"--metric {spec!r}: the metric is one of {', '.join(METRICS)}, got {parts[2]!r}")
+    if len(parts) > 3:
+        problems.append(f"--metric {spec!r}: at most equivariance:TRANSFORM:MODE:METRIC")
+    return problems

@@ -577,7 +577,8 @@ def _measure(
                     block = Block(number, None if stats is None else stats.to("cpu"), n_skipped, bad)
                 finished.append(block)
                 unsaved.append(block)
-                bar.update((block.num_images + block.skipped) * world)
+                # the main process's blocks stand for every process's; never past the total (uneven blocks)
+                bar.update(min((block.num_images + block.skipped) * world, max(0, bar.total - bar.n)))
                 if (
                     len(unsaved) >= cfg.checkpoint_every_batches
                     or time.time() - last_save > cfg.checkpoint_every_s
@@ -832,7 +833,7 @@ def _test_error(
                 known &= finite  # the argmax of NaN logits is no prediction
                 wrong += int((logits.argmax(1)[known] != mapped[known]).sum())
                 total += int(known.sum())
-            bar.update(images.shape[0] * acc.num_processes)
+            bar.update(min(images.shape[0] * acc.num_processes, max(0, bar.total - bar.n)))
     bar.close()
     counts = _gather(acc, (wrong, total, nonfinite))
     wrong, total = sum(c[0] for c in counts), sum(c[1] for c in counts)

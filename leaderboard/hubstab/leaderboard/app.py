@@ -272,6 +272,9 @@ def build_app(
     def reload():
         board.reload()
 
+    def refresh(max_age_s: float) -> None:  # no return value: the event has no outputs (gradio warns)
+        board.refresh(max_age_s)
+
     with gr.Blocks(title="hubstab leaderboard") as demo:
         session = gr.State([])
         extra_problems = gr.State([])
@@ -410,7 +413,7 @@ def build_app(
             protocols,
         ]
 
-        demo.load(lambda: board.refresh(REFRESH_S)).then(render, view_inputs, view_outputs)
+        demo.load(lambda: refresh(REFRESH_S)).then(render, view_inputs, view_outputs)
         search.submit(render, view_inputs, view_outputs)
         for component in (
             chosen,
@@ -433,7 +436,7 @@ def build_app(
         ).then(render, view_inputs, view_outputs)
         reload_button.click(reload).then(render, view_inputs, view_outputs)
         timer = gr.Timer(REFRESH_S)
-        timer.tick(lambda: board.refresh(REFRESH_S * 0.9)).then(render, view_inputs, view_outputs)
+        timer.tick(lambda: refresh(REFRESH_S * 0.9)).then(render, view_inputs, view_outputs)
     return demo
 
 
