@@ -226,7 +226,9 @@ def test_timm_local_dir_and_label_names(offline):
     folder = offline["src"] / "e10"
     for spec in (str(folder), f"local-dir:{folder}"):
         loaded = load_model(spec)
-        assert loaded.adapter == "timm" and loaded.name == str(folder.resolve())
+        # recorded by the folder's name (results files travel to the hub); the path identifies the run only
+        assert loaded.adapter == "timm" and loaded.name == folder.name
+        assert loaded.local_path == str(folder.resolve())
         assert loaded.labels == [f"class {i}" for i in range(10)] and loaded.label_space is None
         assert loaded.model(torch.zeros(1, *loaded.data_config.input_size)).shape == (1, 10)
     hub = load_model("someone/effnet-10")

@@ -35,7 +35,8 @@ class LoadedModel:
 
     Attributes:
         model: the network, in eval mode; its output is a tensor or an object with ``.logits``.
-        name: canonical id (e.g. ``timm/resnet18.a1_in1k``, ``facebook/deit-small-patch16-224``, a path).
+        name: canonical id (e.g. ``timm/resnet18.a1_in1k``, ``facebook/deit-small-patch16-224``), or a local
+            folder's name (never its absolute path, which results files would carry to the hub).
         adapter: ``"timm"``, ``"transformers"`` or ``"module"``.
         revision: the resolved commit sha of a hub repo, else the requested revision, else None.
         data_config: input size, resize/crop policy and mean/std (applied on the device after perturbing).
@@ -44,6 +45,7 @@ class LoadedModel:
         num_parameters: number of parameters.
         pretrained: whether trained weights were loaded; None for a module object whose caller did not say.
         notes: remarks for the user (e.g. a shorthand id that was expanded).
+        local_path: a local folder's absolute path (identifies the run; not written into results files).
     """
 
     model: nn.Module
@@ -58,6 +60,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
     requested_revision: str | None = None
+    local_path: str | None = None
 
     def preprocess(self, image: Any) -> torch.Tensor:
         """PIL image -> (C, H, W) float in [0, 1] at the input size: the model's own resize and crop, converted
@@ -182,6 +185,7 @@ def load_model(
         loaded = _load_by_id(parsed, str(spec), pretrained is not False, trust_remote_code, notes)
         model, facts = loaded["model"], loaded["facts"]
         adapter, name = loaded["adapter"], loaded["name"]
+        local_path = loaded.get("path")
         requested = parsed.revision
         resolved = loaded["revision"] or requested
         recorded_pretrained: bool | None = pretrained is not False
@@ -190,6 +194,7 @@ def load_model(
         model.eval()
         facts = describe_module(spec, data_config, image_processor)
         adapter, name = facts["adapter"], facts["name"]
+        local_path = None
         requested = resolved = revision
         recorded_pretrained = None if pretrained is None else bool(pretrained)
     else:
@@ -225,6 +230,7 @@ def load_model(
         notes=notes,
         transform=facts.get("transform"),
         requested_revision=requested,
+        local_path=local_path,
     )
 
 
@@ -328,4 +334,13 @@ def _load_by_id(
         model, facts = load_transformers(
             folder, name=name, pretrained=pretrained, trust_remote_code=trust_remote_code, config=config
         )
+    if spec.kind == "local":  # recorded by the folder's name; the path identifies the run only
+        return {
+            "model": model,
+            "facts": facts,
+            "adapter": adapter,
+            "name": folder.name,
+            "revision": sha,
+            "path": str(folder),
+        }
     return {"model": model, "facts": facts, "adapter": adapter, "name": name, "revision": sha}

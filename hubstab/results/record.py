@@ -99,13 +99,15 @@ def indices_digest(indices: list[int]) -> str:
 def run_identity(config: dict[str, Any]) -> str:
     """A hash of everything that determines a result: equal settings give the same id.
 
-    A local dataset's absolute path (``config["dataset_path"]``) is part of the id, so two folders of the
-    same name are never taken for one another, but it is never written into a results file.
+    A local model's or dataset's absolute path (``config["model_path"]``, ``config["dataset_path"]``) is part
+    of the id, so two folders of the same name are never taken for one another, but it is never written into
+    a results file.
     """
     protocol = {k: v for k, v in config.get("protocol", {}).items() if k not in _IDENTITY_EXCLUDED}
     core = {k: config.get(k) for k in CONFIG_KEYS}
-    if config.get("dataset_path"):
-        core["dataset_path"] = str(config["dataset_path"])
+    for key in ("model_path", "dataset_path"):
+        if config.get(key):
+            core[key] = str(config[key])
     return hashlib.sha256(
         json.dumps({**core, "protocol": protocol}, sort_keys=True, default=str).encode()
     ).hexdigest()

@@ -407,6 +407,7 @@ def _run(
         "label_space": loaded.label_space,
         "dataset": info.get("dataset"),
         "dataset_path": info.get("dataset_path"),
+        "model_path": getattr(loaded, "local_path", None),
         "dataset_config": info.get("dataset_config"),
         "split": info.get("split"),
         "dataset_revision": info.get("dataset_revision"),
