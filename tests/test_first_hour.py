@@ -271,6 +271,11 @@ def test_the_summary_prints_the_sweep_layers_and_per_sample_file(sweep_run):
 
     text = format_summary(sweep_run)
     assert "dataset  fmnist-60, 40 probe images" in text  # the folder's name, no split
+    config = sweep_run.extra["config"]  # the protocol line, as `hubstab show` prints it
+    assert (
+        f"protocol {config['protocol']['name']} v{config['protocol']['version']}, {config['protocol_id']}"
+        in text
+    )
     sweep = [line for line in text.splitlines() if re.match(r"^\s+\d\.\d{3}e-\d\d\s", line)]
     assert len(sweep) == len(sweep_run.sweep) == 3  # the protocol T and two more
     for point in sweep_run.sweep:

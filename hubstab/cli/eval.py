@@ -385,6 +385,13 @@ def format_summary(result) -> str:
         + f", {result.num_images} probe images",
         result.summary(),
     ]
+    published = result.extra.get("published")
+    if published:
+        lines.append(f"published top-1 error = {100 * published['top1_error']:.2f}% ({published['source']})")
+    protocol = cfg.get("protocol") or {}
+    if cfg.get("protocol_id"):
+        name = f"{protocol['name']} v{protocol.get('version')}, " if protocol.get("name") else ""
+        lines.append(f"protocol {name}{cfg['protocol_id']}")
     lines += format_sweep(result)
     lines += format_layers(result)
     lines += metric_lines(result.extra)  # --metric: equivariance deviation, class-manifold dimension
