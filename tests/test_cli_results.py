@@ -221,6 +221,26 @@ def test_eval_push_to_hub_goes_through_the_same_single_commit(tmp_path, fake_hub
     ]
     assert uploaded[f"results/{folder}/{written.stem}.json"] == written.read_bytes()
     assert res.extra["pushed_to"].startswith("https://huggingface.co/datasets/org/board/commit/")
+    assert api.calls[1][1]["create_pr"] is False
+
+    # the same settings again with --pr: the result is reused, and pushed as a pull request
+    FakeHfApi.instances.clear()
+    again = evaluate(
+        SmallCNN().eval(),
+        data,
+        num_images=8,
+        data_config=grey,
+        output_dir=str(tmp_path / "out"),
+        num_workers=0,
+        bootstrap=20,
+        per_sample=True,
+        push_to_hub="org/board",
+        push_pr=True,
+    )
+    assert again.extra.get("reused") is True
+    (api,) = fake_hub.instances
+    assert api.calls[-1][0] == "create_commit" and api.calls[-1][1]["create_pr"] is True
+    assert again.extra["pushed_to"] == "https://huggingface.co/datasets/org/board/discussions/7"
 
 
 def test_push_offline_is_one_clear_error(results, monkeypatch, capsys):

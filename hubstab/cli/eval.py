@@ -192,6 +192,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--per-sample", action="store_true", help="also write per-image values beside the results file"
     )
     g.add_argument("--push-to-hub", metavar="REPO", help="upload the results file to this hub dataset repo")
+    g.add_argument(
+        "--pr",
+        action="store_true",
+        help="with --push-to-hub: open a pull request instead of committing to main",
+    )
     g.add_argument("--overwrite", action="store_true", help="run again even if these settings were evaluated")
     g.add_argument("--no-resume", action="store_true", help="ignore partial results of an interrupted run")
     g.add_argument("--quiet", action="store_true", help="no progress bar or messages, only the summary")
@@ -317,6 +322,7 @@ def config_from_args(args: argparse.Namespace):
         output_dir=args.output_dir,
         per_sample=args.per_sample,
         push_to_hub=args.push_to_hub,
+        push_pr=args.pr,
         overwrite=args.overwrite,
         resume=not args.no_resume,
         progress=not args.quiet,

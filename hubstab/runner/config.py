@@ -62,6 +62,7 @@ class EvalConfig:
     output_dir: str | None = DEFAULT_RESULTS_DIR
     per_sample: bool = False
     push_to_hub: str | None = None
+    push_pr: bool = False  # with push_to_hub: open a pull request instead of committing to main
     overwrite: bool = False
     resume: bool = True
     checkpoint_every_s: float = 60.0
@@ -108,6 +109,8 @@ class EvalConfig:
             problems.append("--noise-space must be 'pixel' or 'normalized'")
         if self.denominator not in ("distinct", "all-pairs"):
             problems.append("--denominator must be 'distinct' or 'all-pairs'")
+        if self.push_pr and not self.push_to_hub:
+            problems.append("--pr needs --push-to-hub ORG/NAME (the repo to open the pull request on)")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 3) and self.batch_size != "auto":
             problems.append(
                 "--batch-size must be 'auto' or an integer >= 3 (clean, deformed and noisy inputs)"

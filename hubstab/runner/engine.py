@@ -433,6 +433,12 @@ def _run(
 
     earlier_result = reuse()
     if earlier_result is not None:
+        if cfg.push_to_hub and acc.is_main_process:  # a reused result is pushed as a new one would be
+            from hubstab.results.push import push_results
+
+            url = push_results(earlier_result.extra["results_file"], cfg.push_to_hub, pr=cfg.push_pr)
+            earlier_result.extra["pushed_to"] = url
+            log(f"pushed to {url}")
         return earlier_result
 
     # --- claim the run: a second identical run waits here, then reuses the first one's file ----------------
@@ -695,7 +701,7 @@ def _measure(
         if cfg.push_to_hub:
             from hubstab.results.push import push_results
 
-            url = push_results(path, cfg.push_to_hub)
+            url = push_results(path, cfg.push_to_hub, pr=cfg.push_pr)
             result.extra["pushed_to"] = url
             log(f"pushed to {url}")
     acc.wait_for_everyone()
