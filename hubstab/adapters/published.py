@@ -11,11 +11,12 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from hubstab.results.io import strip_model_prefix
+
 SOURCE = (
     "timm results-imagenet.csv (huggingface/pytorch-image-models results/, August 2026; "
     "ImageNet-1k validation, 50,000 images)"
 )
-_PREFIXES = ("timm:", "hf-hub:", "hf_hub:", "hf:", "timm/")
 _CSV = Path(__file__).resolve().parents[1] / "leaderboard" / "data" / "results-imagenet.csv"
 
 
@@ -27,18 +28,6 @@ def published_table() -> dict[str, list[tuple[int, float]]]:
         for row in csv.DictReader(f):
             table.setdefault(row["model"], []).append((int(row["img_size"]), float(row["top1_err"])))
     return table
-
-
-def timm_name(model: str) -> str:
-    """A model id without its source prefix (``timm:``, ``hf-hub:``, ``timm/``) and revision."""
-    name = model.strip()
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-    return name.split("@", 1)[0]
 
 
 def _default_tag(arch: str) -> str | None:
@@ -60,7 +49,7 @@ def published_top1(model: str, img_size: int | None = None) -> dict[str, Any] | 
     Returns:
         ``{"top1_error": fraction in [0, 1], "top1_error_percent", "img_size", "model", "source"}``.
     """
-    name = timm_name(model)
+    name = strip_model_prefix(model)
     if "/" in name:
         return None
     table = published_table()
@@ -85,7 +74,7 @@ def rank_by_published(names: list[str]) -> list[str]:
     table = published_table()
 
     def best(name: str) -> float:
-        rows = table.get(timm_name(name))
+        rows = table.get(strip_model_prefix(name))
         return min(err for _, err in rows) if rows else float("inf")
 
     return sorted(names, key=best)

@@ -25,7 +25,7 @@ import pandas as pd
 
 from hubstab.errors import HubstabError, ResultsValidationError
 from hubstab.leaderboard import columns as C
-from hubstab.results.io import DEFAULT_RESULTS_DIR
+from hubstab.results.io import DEFAULT_RESULTS_DIR, strip_model_prefix
 from hubstab.results.validate import MAX_RECORD_BYTES, load_record, parse_created_at
 
 try:  # the results folder reader that refuses FIFOs, devices and links out of the folder
@@ -57,7 +57,6 @@ ORIGIN_KEY = "_leaderboard_origin"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _REPO_ID = REPO_ID
 _TIMM_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
-_PREFIXES = ("hf-hub:", "hf_hub:", "timm/")
 _FAMILY_PREFIXES = ("tf_", "tv_", "gluon_", "legacy_", "timm_")
 _FAMILY_ALIASES = {"wide": "resnet"}
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
@@ -251,18 +250,6 @@ def describe_record(record: dict[str, Any]) -> str:
     r = res["relative_stability"]
     value = "n/a" if r is None else f"{r:.3g}"
     return f"{model_label(cfg['model_name'])} on {dataset_label(cfg)} ({protocol_label(cfg)}): R_f = {value}"
-
-
-def strip_model_prefix(name: str) -> str:
-    """A model id without its source prefix (``hf-hub:``, ``timm/``) and revision (``@...``)."""
-    name = name.strip()
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-    return name.split("@", 1)[0]
 
 
 def model_family(name: str) -> str:

@@ -31,6 +31,22 @@ MAX_FILES = 20_000
 _RUN_ID_PREFIX = re.compile(r"[0-9a-f]{6,64}")
 
 
+MODEL_PREFIXES = ("timm:", "hf-hub:", "hf_hub:", "hf:", "timm/")
+"""Source prefixes a recorded model id may carry in front of its name."""
+
+
+def strip_model_prefix(name: str) -> str:
+    """A model id without its source prefixes (``timm:``, ``hf-hub:``, ``timm/``, ...) and revision (``@...``)."""
+    name = name.strip()
+    changed = True
+    while changed:
+        changed = False
+        for prefix in MODEL_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name.split("@", 1)[0]
+
+
 def model_folder(model_name: str) -> str:
     """Folder name of a model inside a results directory (``org/name`` -> ``org__name``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "__", model_name.removeprefix("hf-hub:")).strip("_") or "model"
