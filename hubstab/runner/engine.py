@@ -429,16 +429,15 @@ def _run(
         result = result_from_record(read_record(existing))
         result.extra["results_file"] = str(existing)
         result.extra["reused"] = True
+        if cfg.push_to_hub and acc.is_main_process:  # a reused result is pushed as a new one would be
+            from hubstab.results.push import push_results
+
+            result.extra["pushed_to"] = push_results(existing, cfg.push_to_hub, pr=cfg.push_pr)
+            log(f"pushed to {result.extra['pushed_to']}")
         return result
 
     earlier_result = reuse()
     if earlier_result is not None:
-        if cfg.push_to_hub and acc.is_main_process:  # a reused result is pushed as a new one would be
-            from hubstab.results.push import push_results
-
-            url = push_results(earlier_result.extra["results_file"], cfg.push_to_hub, pr=cfg.push_pr)
-            earlier_result.extra["pushed_to"] = url
-            log(f"pushed to {url}")
         return earlier_result
 
     # --- claim the run: a second identical run waits here, then reuses the first one's file ----------------
