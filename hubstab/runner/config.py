@@ -75,22 +75,11 @@ class EvalConfig:
         from hubstab.errors import HubstabError
         from hubstab.metrics.stability import ESTIMATORS
         from hubstab.perturbations.diffeo import INTERPOLATIONS
+        from hubstab.runner.preflight import value_problems
 
-        problems = []
-        if self.num_images is not None and self.num_images < 2:
-            problems.append("--num-images must be at least 2 (R_f compares distinct images)")
-        if self.num_error_images is not None and self.num_error_images < 1:
-            problems.append("--num-error-images must be positive")
-        if self.delta is not None and self.delta < 0:
-            problems.append("--delta must be >= 0 pixels")
-        if self.temperature is not None and self.temperature < 0:
-            problems.append("--temperature must be >= 0")
+        problems = value_problems(self)  # every number finite and in range
         if isinstance(self.temperatures, str) and self.temperatures != "paper":
             problems.append("temperatures must be a list of numbers or 'paper'")
-        elif not isinstance(self.temperatures, str) and any(t < 0 for t in self.temperatures):
-            problems.append("sweep temperatures must be >= 0")
-        if self.cut < 2:
-            problems.append("--cut must be an integer >= 2")
         if self.interp not in INTERPOLATIONS:
             problems.append(f"--interp must be one of {', '.join(INTERPOLATIONS)}")
         if self.estimator not in ESTIMATORS:
@@ -99,8 +88,6 @@ class EvalConfig:
             problems.append(
                 "the median estimator is defined on the output only: use --estimator mean with --layers"
             )
-        if self.repeats < 1:
-            problems.append("--repeats must be >= 1")
         if self.dtype not in DTYPES:
             problems.append(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.batchnorm not in ("eval", "batch"):
@@ -115,8 +102,6 @@ class EvalConfig:
             problems.append(
                 "--batch-size must be 'auto' or an integer >= 3 (clean, deformed and noisy inputs)"
             )
-        if not 0 < self.confidence < 1:
-            problems.append("--confidence must be in (0, 1)")
         for spec in self.metrics:
             kind, *parts = spec.split(":")
             if kind not in ("equivariance", "class-manifold"):

@@ -95,8 +95,8 @@ def delta_warning(delta: float, cut: int, side: float) -> str | None:
     )
 
 
-def validate_values(cfg: EvalConfig) -> None:
-    """Every protocol and running value finite and in range (one message listing all problems)."""
+def value_problems(cfg: EvalConfig) -> list[str]:
+    """What is wrong with the numbers of ``cfg``: every protocol and running value finite and in range."""
     problems = []
     for name, value, low in (
         ("--delta", cfg.delta, 0.0),
@@ -140,17 +140,15 @@ def validate_values(cfg: EvalConfig) -> None:
         problems.append(f"--checkpoint-every must be an integer >= 1, got {every!r}")
     if getattr(cfg, "nonfinite", "error") not in ("error", "exclude"):
         problems.append("nonfinite must be 'error' or 'exclude'")
-    if problems:
-        raise HubstabError("; ".join(problems))
+    return problems
 
 
 def preflight(cfg: EvalConfig, *, check_output: bool = True) -> list[str]:
     """Check ``cfg`` before anything heavy is loaded; returns warnings, raises for impossible settings.
 
-    Order: value ranges, then the existing structural checks of :meth:`EvalConfig.validate`, the device,
-    and last the output folder (created, with a probe file written and removed).
+    Order: :meth:`EvalConfig.validate` (value ranges, then names and combinations), the device, and last
+    the output folder (created, with a probe file written and removed).
     """
-    validate_values(cfg)
     cfg.validate()
     check_device(cfg.device)
     if check_output and cfg.output_dir:
@@ -158,4 +156,11 @@ def preflight(cfg: EvalConfig, *, check_output: bool = True) -> list[str]:
     return protocol_warnings(cfg)
 
 
-__all__ = ["OutputError", "check_device", "check_output_dir", "delta_warning", "preflight", "validate_values"]
+__all__ = [
+    "OutputError",
+    "check_device",
+    "check_output_dir",
+    "delta_warning",
+    "preflight",
+    "value_problems",
+]
